@@ -1,0 +1,73 @@
+"""The first code cell of every chapter: installs gflows where it is missing (Colab), else does nothing.
+
+The repository address lives in one place, ``_config.yml`` (``repository.url``). This script renders
+the cell from it and writes it into every notebook; ``tests/test_book.py`` fails when a notebook's
+cell has drifted. After editing ``_config.yml`` run::
+
+    python book/_tools/setup_cell.py
+"""
+
+from __future__ import annotations
+
+import pathlib
+import sys
+
+import nbformat
+import yaml
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+MARKER = "# gflows setup cell"
+
+TEMPLATE = '''\
+# gflows setup cell: installs gflows where it is missing (e.g. on Colab); does nothing elsewhere.
+# escnn goes in without its Fortran-only dependency py3nj; lie_learn needs numpy<2. On Colab, which
+# ships numpy 2, the runtime restarts itself once after installing: then run the notebook again.
+import importlib.util, os, subprocess, sys
+if importlib.util.find_spec("gflows") is None:
+    from importlib.metadata import version
+    numpy_was_2 = int(version("numpy").split(".")[0]) >= 2
+    pip = [sys.executable, "-m", "pip", "install", "-q"]
+    subprocess.run(pip + ["numpy<2", "scipy", "joblib", "lie_learn"], check=True)
+    subprocess.run(pip + ["--no-deps", "escnn==1.0.11"], check=True)
+    subprocess.run(pip + ["gflows @ git+{url}"], check=True)
+    if numpy_was_2:
+        print("numpy was downgraded for escnn: restarting the runtime. Run the notebook again.")
+        os.kill(os.getpid(), 9)'''
+
+
+def repository_url() -> str:
+    config = yaml.safe_load((ROOT / "_config.yml").read_text())
+    return config["repository"]["url"].rstrip("/")
+
+
+def render() -> str:
+    """The setup cell's source for the repository named in ``_config.yml``."""
+    return TEMPLATE.format(url=repository_url())
+
+
+def notebooks() -> list[pathlib.Path]:
+    return sorted(p for p in (ROOT / "book").rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts)
+
+
+def first_code_cell(notebook) -> "nbformat.NotebookNode | None":
+    return next((cell for cell in notebook.cells if cell.cell_type == "code"), None)
+
+
+def write_all() -> None:
+    """Put the rendered cell first among the code cells of every notebook (replacing an old one)."""
+    source = render()
+    for path in notebooks():
+        notebook = nbformat.read(path, as_version=4)
+        cell = first_code_cell(notebook)
+        if cell is not None and cell.source.startswith(MARKER):
+            cell.source = source
+        else:
+            position = notebook.cells.index(cell) if cell is not None else len(notebook.cells)
+            notebook.cells.insert(position, nbformat.v4.new_code_cell(source))
+        nbformat.write(notebook, path)
+        print(f"updated {path.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    write_all()
+    sys.exit(0)

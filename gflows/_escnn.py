@@ -1,0 +1,24 @@
+"""Import escnn quietly.
+
+escnn 1.0.11 warns at import time that ``py3nj`` is missing. ``py3nj`` is only needed for SO(3)
+Clebsch-Gordan coefficients and needs a Fortran compiler to build, so gflows installs escnn
+without it (see the README). Every gflows module imports escnn from here so the warning, which is
+irrelevant for the planar groups used in this book, is shown to nobody.
+"""
+
+import warnings
+
+try:
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*py3nj.*")
+        import escnn
+        from escnn import gspaces, nn as enn
+        from escnn.group import GroupElement
+except ImportError as error:  # pragma: no cover - exercised only on a broken install
+    raise ImportError(
+        "gflows needs escnn. Install it without its Fortran-only dependency py3nj:\n"
+        "    pip install 'numpy<2' scipy joblib lie_learn\n"
+        "    pip install --no-deps escnn==1.0.11"
+    ) from error
+
+__all__ = ["escnn", "gspaces", "enn", "GroupElement"]

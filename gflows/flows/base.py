@@ -1,0 +1,160 @@
+r"""The flow protocol, composition, and a density model with a standard normal base.
+
+**Sign convention.** A flow maps data :math:`x` to latent :math:`z=f(x)`. Every layer implements
+
+* ``forward(x) -> (z, logdet)`` with ``logdet`` of shape ``(B,)`` equal to
+  :math:`\log\lvert\det \partial z/\partial x\rvert` (the data-to-latent direction);
+* ``inverse(z) -> x``.
+
+so that the change of variables reads :math:`\log p(x) = \log \mathcal{N}(f(x); 0, I) + \text{logdet}`.
+The tests check the convention on every layer: ``logdet`` equals the brute-force log-determinant
+of ``forward``, and the brute-force log-determinant of ``inverse`` is its negative.
+
+**Invariance.** If every layer is G-equivariant for an orthogonal (or permutation) action and the
+base is the isotropic normal, then :math:`\log p(g\cdot x) = \log p(x)`: the Jacobian of an
+equivariant map at :math:`g x` is :math:`A_g J A_g^{-1}`, with the same determinant, and
+:math:`\lVert A_g z\rVert = \lVert z\rVert`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from ..groups import Group, get
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+class Flow(nn.Module):
+    """Base class of invertible layers: ``forward(x) -> (z, logdet)``, ``inverse(z) -> x``.
+
+    ``logdet`` is :math:`\\log|\\det \\partial z/\\partial x|` per sample, shape ``(B,)``.
+    """
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:  # pragma: no cover
+        raise NotImplementedError
+
+    def inverse(self, z: torch.Tensor) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+
+class Sequential(Flow):
+    """Composition ``f_n o ... o f_1``: forward applies the layers in order and sums log-dets;
+    inverse undoes them in reverse order. Equivariant whenever every layer is."""
+
+    def __init__(self, *layers: Flow) -> None:
+        super().__init__()
+        if len(layers) == 1 and isinstance(layers[0], (list, tuple)):
+            layers = tuple(layers[0])
+        self.layers = nn.ModuleList(layers)
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        logdet = x.new_zeros(x.shape[0])
+        for layer in self.layers:
+            x, layer_logdet = layer(x)
+            logdet = logdet + layer_logdet
+        return x, logdet
+
+    def inverse(self, z: torch.Tensor) -> torch.Tensor:
+        for layer in reversed(self.layers):
+            z = layer.inverse(z)
+        return z
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def __getitem__(self, index: int) -> Flow:
+        return self.layers[index]
+
+
+def standard_normal_log_prob(z: torch.Tensor) -> torch.Tensor:
+    """:math:`\\sum_i \\log \\mathcal{N}(z_i; 0, 1)` per sample: ``(B, ...) -> (B,)``; invariant to any
+    orthogonal map of z."""
+    return -0.5 * (z.pow(2) + LOG_2PI).flatten(1).sum(dim=1)
+
+
+def dequantize(pixels: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Uniform dequantisation of 8-bit images: ``x = (k + u) / 256`` with ``u ~ U[0, 1)``.
+
+    Args:
+        pixels: integer tensor with values in ``0..255`` (any shape).
+    Returns:
+        float32 tensor of the same shape with values in ``[0, 1)``. A density on these values
+        lower-bounds the discrete likelihood: :math:`P(k) \\ge 256^{-D} p(x)` on average
+        (Theis et al. 2016), which :meth:`FlowModel.bits_per_dim` reports.
+    """
+    if pixels.is_floating_point():
+        raise ValueError("dequantize expects integer pixel values 0..255 (e.g. uint8), got floats")
+    if pixels.numel() and (int(pixels.min()) < 0 or int(pixels.max()) > 255):
+        raise ValueError("dequantize expects pixel values in 0..255")
+    noise = torch.rand(pixels.shape, generator=generator, device=pixels.device)
+    return (pixels.float() + noise) / 256.0
+
+
+class FlowModel(nn.Module):
+    """A normalizing flow with a standard normal base: the density model of this book.
+
+    Args:
+        flow: a :class:`Flow` from data to latent.
+        data_shape: ``(C, H, W)`` for images or ``(2,)`` for points in the plane.
+        group: the symmetry group name or :class:`~gflows.groups.Group` the flow is equivariant to
+            (``"trivial"`` for an ordinary flow); checked against ``data_shape``.
+
+    ``log_prob`` is G-invariant when ``flow`` is G-equivariant (see the module docstring).
+    """
+
+    def __init__(self, flow: Flow, data_shape: Sequence[int], group: "str | Group" = "trivial") -> None:
+        super().__init__()
+        self.flow = flow
+        self.data_shape = tuple(int(s) for s in data_shape)
+        self.group = get(group) if isinstance(group, str) else group
+        if len(self.data_shape) == 3:
+            self.group.check_image_shape(self.data_shape)
+        elif self.data_shape != (2,):
+            raise ValueError(f"data_shape is (C, H, W) for images or (2,) for points, got {self.data_shape}")
+
+    @property
+    def dim(self) -> int:
+        """D, the number of numbers in one sample."""
+        return math.prod(self.data_shape)
+
+    def _check(self, x: torch.Tensor) -> None:
+        if not torch.is_tensor(x) or tuple(x.shape[1:]) != self.data_shape or x.dim() != len(self.data_shape) + 1:
+            shape = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
+            raise ValueError(f"expected a batch of shape (B, {', '.join(map(str, self.data_shape))}), got {shape}")
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Data ``(B, *data_shape)`` -> latent of the same shape and ``logdet`` ``(B,)``."""
+        self._check(x)
+        return self.flow(x)
+
+    def inverse(self, z: torch.Tensor) -> torch.Tensor:
+        """Latent -> data."""
+        self._check(z)
+        return self.flow.inverse(z)
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """Natural-log density of x, ``(B,)``: ``log N(f(x)) + log|det df/dx|``."""
+        z, logdet = self(x)
+        return standard_normal_log_prob(z) + logdet
+
+    def bits_per_dim(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B,)`` bits per dimension of dequantised 8-bit images ``x`` in [0, 1]:
+        ``-(log p(x) - D log 256) / (D ln 2)``."""
+        if len(self.data_shape) != 3:
+            raise ValueError("bits_per_dim is defined for images; use log_prob for points")
+        return -(self.log_prob(x) - self.dim * math.log(256)) / (self.dim * math.log(2))
+
+    @torch.no_grad()
+    def sample(self, n: int, *, temperature: float = 1.0, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """``n`` samples, ``(n, *data_shape)``: the inverse flow applied to ``temperature * N(0, I)``."""
+        parameter = next(self.parameters(), None)
+        device = parameter.device if parameter is not None else torch.device("cpu")
+        dtype = parameter.dtype if parameter is not None else torch.get_default_dtype()
+        z = torch.randn((n, *self.data_shape), generator=generator, device=device, dtype=dtype)
+        return self.inverse(temperature * z)
+
