@@ -20,7 +20,7 @@ $(STAMP): requirements.txt pyproject.toml
 	touch $(STAMP)
 
 test: $(STAMP)
-	MPLBACKEND=Agg GFLOWS_PROFILE=quick $(PY) -m pytest
+	GFLOWS_PROFILE=quick $(PY) -m pytest
 
 book: $(STAMP)
 	$(VENV)/bin/jupyter-book build --all --warningiserror --keep-going .

@@ -105,9 +105,9 @@ class Group:
         """A human-readable name: ``'identity'``, ``'rotation by 90°'``, ``'reflection (axis at 45°)'``."""
         a = self.matrix(g)
         if np.linalg.det(a) > 0:
-            degrees = round(math.degrees(math.atan2(a[1, 0], a[0, 0]))) % 360
+            degrees = round(math.degrees(math.atan2(a[1, 0], a[0, 0])), 1) % 360
             return "identity" if degrees == 0 else f"rotation by {degrees:g}°"
-        axis = round(math.degrees(math.atan2(a[1, 0], a[0, 0])) / 2) % 180
+        axis = round(math.degrees(math.atan2(a[1, 0], a[0, 0])) / 2, 1) % 180
         return f"reflection (axis at {axis:g}°)"
 
     def index(self, g: GroupElement) -> int:

@@ -168,3 +168,14 @@ def test_actions_are_differentiable_and_keep_device(device):
     y = G.act_image(x, G.elements()[5])
     y.pow(2).sum().backward()
     assert y.device == x.device and torch.allclose(x.grad, 2 * x.detach())
+
+
+def test_escnn_uses_its_exact_svd():
+    """gflows switches escnn from scikit-learn's randomized SVD (unseeded; breaks on scikit-learn
+    >= 1.9) to scipy's exact SVD: a fresh dihedral kernel basis must build deterministically."""
+    import escnn.group._numerical as numerical
+
+    assert numerical.randomized_svd is None
+    G = groups.get("D3")
+    basis = lambda: numerical.null(np.asmatrix(np.kron(G.matrix(G.elements()[1]), np.eye(2)) - np.eye(4)), False)
+    np.testing.assert_array_equal(basis(), basis())

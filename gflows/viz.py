@@ -1,0 +1,229 @@
+r"""Figures of the book: pure functions that take tensors and a group and return a matplotlib figure.
+
+Nothing here shows or saves a figure or touches pyplot's global state (figures are built with
+``matplotlib.figure.Figure``), so a notebook displays the returned figure, a test inspects it, and
+:mod:`gflows.widgets` redraws it when a slider moves: the interactive and the static versions are the
+same code.
+
+* :func:`plot_equivariance`: one group element, the five panels :math:`x`, :math:`g\cdot x`,
+  :math:`f(x)`, :math:`f(g\cdot x)`, :math:`g\cdot f(x)` and the measured error;
+* :func:`equivariance_grid`: the same row for every element (the static twin of the widget);
+* :func:`plot_orbit_points`: orbits of points of the plane, optionally over a density.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, List, NamedTuple, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from matplotlib import colormaps
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+from .groups import Group, GroupElement
+
+#: Column titles of an equivariance row.
+PANELS = ("x", "g·x", "f(x)", "f(g·x)", "g·f(x)")
+_TILE = 1.1  # inches per image tile
+_IMAGE_CMAP = "gray_r"
+_FEATURE_CMAP = "RdBu_r"
+
+
+def _error_title(G: Group, g: GroupElement, error: float) -> str:
+    return f"{G.name}, {G.describe(g)}: max |f(g·x) − g·f(x)| = {error:.1e}"
+
+
+def _grid_shape(n: int) -> tuple:
+    """(rows, columns) of the mosaic of ``n`` channels: as square as possible."""
+    columns = int(np.ceil(np.sqrt(n)))
+    return int(np.ceil(n / columns)), columns
+
+
+def _mosaic(t: torch.Tensor, channels: Sequence[int]) -> np.ndarray:
+    """Channels ``channels`` of one sample ``(C, H, W)`` tiled in a near-square grid, one blank (NaN)
+    pixel between tiles."""
+    rows, columns = _grid_shape(len(channels))
+    h, w = t.shape[-2:]
+    canvas = np.full((rows * (h + 1) - 1, columns * (w + 1) - 1), np.nan)
+    for i, c in enumerate(channels):
+        r, q = divmod(i, columns)
+        canvas[r * (h + 1):r * (h + 1) + h, q * (w + 1):q * (w + 1) + w] = t[c].detach().to(torch.float64).cpu().numpy()
+    return canvas
+
+
+def _show(ax: Axes, image: np.ndarray, title: str, cmap: str, vmin: float, vmax: float) -> None:
+    ax.imshow(image, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
+    ax.set_title(title, fontsize=9)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+class _Row(NamedTuple):
+    """What one row shows: input mosaics (x, g·x), feature mosaics (f(x), f(g·x), g·f(x)), the error."""
+
+    g: GroupElement
+    images: Tuple[np.ndarray, np.ndarray]
+    features: Tuple[np.ndarray, np.ndarray, np.ndarray]
+    channels: List[int]
+    error: float
+
+
+@torch.no_grad()
+def _measure_row(f: Callable, x: torch.Tensor, G: Group, g: GroupElement, out_field_type,
+                 channels: Optional[Sequence[int]]) -> _Row:
+    gx = G.act_image(x, g)
+    fx, fgx = f(x), f(gx)
+    if not torch.is_tensor(fx) or fx.dim() != 4:
+        raise ValueError("f must map (B, C, H, W) images to (B, C', H, W) feature fields")
+    gfx = G.act_image(fx, g, out_field_type)
+    error = float((fgx.to(torch.float64) - gfx.to(torch.float64)).abs().max())
+    channels = list(range(min(fx.shape[1], 4))) if channels is None else list(channels)
+    in_channels = list(range(min(x.shape[1], 4)))
+    return _Row(g, tuple(_mosaic(t[0], in_channels) for t in (x, gx)),
+                tuple(_mosaic(t[0], channels) for t in (fx, fgx, gfx)), channels, error)
+
+
+def _draw_row(container, row: _Row, G: Group) -> None:
+    """The five panels of ``row`` in ``container`` (a Figure or SubFigure), titled with the error."""
+    ratios = [m.shape[1] / m.shape[0] for m in row.images + row.features]
+    axes = container.subplots(1, len(PANELS), width_ratios=ratios)
+    top = max(float(np.nanmax(np.abs(m))) for m in row.images) or 1.0
+    for ax, title, image in zip(axes[:2], PANELS[:2], row.images):
+        _show(ax, image, title, _IMAGE_CMAP, min(0.0, float(np.nanmin(image))), top)
+    limit = max(float(np.nanmax(np.abs(m))) for m in row.features) or 1.0
+    label = f"ch. {row.channels[0]}" if len(row.channels) == 1 else f"ch. {row.channels[0]}..{row.channels[-1]}"
+    for ax, title, image in zip(axes[2:], PANELS[2:], row.features):
+        _show(ax, image, f"{title}, {label}", _FEATURE_CMAP, -limit, limit)
+    container.suptitle(_error_title(G, row.g, row.error), fontsize=10)
+
+
+def _row_size(row: _Row) -> Tuple[float, float]:
+    """(width, height) in inches of one row: about ``_TILE`` inches per tile of the mosaics."""
+    height = max(m.shape[0] for m in row.images + row.features)
+    tiles_high = max(1.0, height / (row.images[0].shape[0] + 1))
+    width = sum(m.shape[1] / m.shape[0] for m in row.images + row.features)
+    return _TILE * tiles_high * width + 0.4, _TILE * tiles_high + 0.7
+
+
+def _check_single_image(x: torch.Tensor) -> None:
+    if not torch.is_tensor(x) or x.dim() != 4 or x.shape[0] != 1:
+        shape = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
+        raise ValueError(f"expected one image of shape (1, C, H, W), got {shape}")
+
+
+def plot_equivariance(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, G: Group, g: GroupElement, *,
+                      out_field_type=None, channels: Optional[Sequence[int]] = None) -> Figure:
+    r"""One row of five panels showing whether ``f`` commutes with the action of ``g``.
+
+    Panels: :math:`x`, :math:`g\cdot x`, :math:`f(x)`, :math:`f(g\cdot x)`, :math:`g\cdot f(x)`; the
+    title names the element and prints :math:`\max\lvert f(g\cdot x) - g\cdot f(x)\rvert`.
+    Feature panels tile the chosen channels and share one symmetric colour scale, so equal panels
+    look equal.
+
+    Args:
+        f: maps images ``(B, C, H, W)`` (scalar fields) to feature fields ``(B, C', H, W)``; called
+            under ``torch.no_grad()`` in whatever train/eval mode it is in.
+        x: one image, ``(1, C, H, W)``.
+        G: the group; ``g`` one of its elements.
+        out_field_type: escnn ``FieldType`` of the ``C'`` output channels (e.g. ``G.regular_fields(n)``);
+            ``None`` means scalar fields, i.e. ``g`` only moves pixels.
+        channels: which output channels to show (default: the first four).
+    Returns:
+        A ``matplotlib.figure.Figure`` with five axes (not shown, not registered with pyplot).
+    """
+    _check_single_image(x)
+    row = _measure_row(f, x, G, g, out_field_type, channels)
+    fig = Figure(figsize=_row_size(row), layout="constrained")
+    _draw_row(fig, row, G)
+    return fig
+
+
+def equivariance_grid(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, G: Group, *,
+                      elements: Optional[Sequence[GroupElement]] = None, out_field_type=None,
+                      channels: Optional[Sequence[int]] = None) -> Figure:
+    """:func:`plot_equivariance` for several elements, one row each: the static twin of the widget.
+
+    Args:
+        elements: the rows, default ``G.exact_elements()``; other arguments as in :func:`plot_equivariance`.
+    Returns:
+        A figure of ``len(elements)`` subfigures (``fig.subfigs``) with five axes each.
+    """
+    _check_single_image(x)
+    elements = list(G.exact_elements() if elements is None else elements)
+    rows = [_measure_row(f, x, G, g, out_field_type, channels) for g in elements]
+    width, height = _row_size(rows[0])
+    fig = Figure(figsize=(width, height * len(rows)), layout="constrained")
+    for container, row in zip(fig.subfigures(len(rows), 1, squeeze=False)[:, 0], rows):
+        _draw_row(container, row, G)
+    return fig
+
+
+def _as_points(points) -> torch.Tensor:
+    points = torch.as_tensor(points, dtype=torch.float64)
+    if points.dim() == 1:
+        points = points[None]
+    if points.dim() != 2 or points.shape[-1] != 2:
+        raise ValueError(f"expected points of shape (P, 2), got {tuple(points.shape)}")
+    return points
+
+
+@torch.no_grad()
+def plot_orbit_points(points, G: Group, *, log_prob: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+                      extent: float = 3.0, resolution: int = 200, legend: bool = True,
+                      ax: Optional[Axes] = None) -> Figure:
+    r"""The orbits :math:`\{A_g p : g \in G\}` of points :math:`p` of the plane, one colour per element.
+
+    Rotations are drawn as discs, reflections as crosses; the reflection axes of a dihedral group are
+    dashed. With ``log_prob``, the density :math:`\exp(\log p)` is drawn underneath as filled
+    contours: for a G-invariant density every point of an orbit lies on the same contour.
+
+    Args:
+        points: ``(P, 2)`` (or ``(2,)``) array or tensor.
+        G: the group acting by its 2x2 matrices (``G.act_points``).
+        log_prob: optional map ``(N, 2) float64 tensor -> (N,)`` log densities.
+        extent: the square ``[-extent, extent]^2`` is drawn.
+        resolution: grid points per side for the density.
+        legend: label the elements (by ``G.describe``) in a legend.
+        ax: draw into this axes instead of a new figure.
+    Returns:
+        The figure holding the axes.
+    """
+    points = _as_points(points)
+    if ax is None:
+        fig = Figure(figsize=(5.6 if legend else 4.0, 4.0), layout="constrained")
+        ax = fig.add_subplot()
+    if log_prob is not None:
+        ticks = torch.linspace(-extent, extent, resolution, dtype=torch.float64)
+        grid = torch.stack(torch.meshgrid(ticks, ticks, indexing="xy"), dim=-1).reshape(-1, 2)
+        density = log_prob(grid).exp().reshape(resolution, resolution).cpu().numpy()
+        ax.contourf(ticks.numpy(), ticks.numpy(), density, levels=14, cmap="Blues")
+    colours = [_element_colour(i, G.order) for i in range(G.order)]
+    for i, g in enumerate(G.elements()):
+        a = G.matrix(g)
+        moved = G.act_points(points, g).numpy()
+        reflection = np.linalg.det(a) < 0
+        if reflection:
+            # the axis of a reflection is the line it fixes: direction (cos t, sin t) with 2t its angle
+            t = np.arctan2(a[1, 0], a[0, 0]) / 2
+            ax.plot([-extent * np.cos(t), extent * np.cos(t)], [-extent * np.sin(t), extent * np.sin(t)],
+                    ls="--", lw=0.7, color="0.6", zorder=1)
+        ax.scatter(moved[:, 0], moved[:, 1], s=60 if i == 0 else 36, marker="X" if reflection else "o",
+                   color=colours[i], edgecolors="black" if i == 0 else "none", zorder=3, label=G.describe(g))
+    ax.set_xlim(-extent, extent)
+    ax.set_ylim(-extent, extent)
+    ax.set_aspect("equal")
+    if legend:
+        ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=7, frameon=False)
+    return _root_figure(ax)
+
+
+def _root_figure(ax: Axes) -> Figure:
+    figure = ax.figure
+    while getattr(figure, "figure", figure) is not figure:  # a SubFigure's parent chain ends at the Figure
+        figure = figure.figure
+    return figure
+
+
+def _element_colour(i: int, n: int):
+    return colormaps["tab20" if n > 10 else "tab10"](i % 20)

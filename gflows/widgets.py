@@ -1,0 +1,62 @@
+"""Interactive twins of the figures in :mod:`gflows.viz` (ipywidgets).
+
+Each widget is a control around a :mod:`gflows.viz` function and nothing else, so the figure a reader
+gets by moving a slider is exactly the static figure the book prints for the same element.
+
+The figure is rendered to PNG and put into an ``ipywidgets.Output`` as display data. That works the
+same in a live kernel, in a headless test, and in a notebook executed with its widget state stored
+(the last drawn figure is then part of the saved state).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from typing import Callable, Optional, Sequence
+
+import ipywidgets
+import torch
+
+from . import viz
+from .groups import Group, GroupElement
+
+
+def _display_data(fig) -> dict:
+    """A Jupyter ``display_data`` output holding ``fig`` as a PNG."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90)
+    return {
+        "output_type": "display_data",
+        "data": {"image/png": base64.b64encode(buffer.getvalue()).decode("ascii"), "text/plain": repr(fig)},
+        "metadata": {},
+    }
+
+
+def equivariance_explorer(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, G: Group, *,
+                          elements: Optional[Sequence[GroupElement]] = None, **kwargs) -> ipywidgets.VBox:
+    """A slider over group elements that redraws :func:`gflows.viz.plot_equivariance` for the chosen one.
+
+    Args:
+        f, x, G: as in :func:`gflows.viz.plot_equivariance` (``x`` is one image ``(1, C, H, W)``).
+        elements: the slider's stops, default ``G.elements()`` (including interpolated rotations,
+            whose error the title then shows); labelled by ``G.describe``.
+        **kwargs: passed to :func:`gflows.viz.plot_equivariance` (``out_field_type``, ``channels``).
+    Returns:
+        ``VBox([slider, output])``; ``.children[0]`` is the ``SelectionSlider`` (its value is the
+        element's position in ``elements``), ``.children[1]`` the ``Output`` holding the figure.
+    """
+    elements = list(G.elements() if elements is None else elements)
+    slider = ipywidgets.SelectionSlider(
+        options=[(G.describe(g), i) for i, g in enumerate(elements)], value=0, description="g =",
+        continuous_update=False, layout=ipywidgets.Layout(width="420px"),
+        style={"description_width": "initial"},
+    )
+    output = ipywidgets.Output()
+
+    def redraw(change=None) -> None:
+        fig = viz.plot_equivariance(f, x, G, elements[slider.value], **kwargs)
+        output.outputs = (_display_data(fig),)
+
+    slider.observe(redraw, names="value")
+    redraw()
+    return ipywidgets.VBox([slider, output])

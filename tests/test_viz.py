@@ -1,0 +1,109 @@
+"""Tests of gflows.viz (figures) and gflows.widgets (their interactive twins)."""
+
+import re
+
+import pytest
+import torch
+from matplotlib.figure import Figure
+
+from gflows import groups, viz, widgets
+from gflows._escnn import enn
+
+ERROR = re.compile(r"max \|f\(g·x\) − g·f\(x\)\| = ([0-9.e+-]+)")
+
+
+def title_error(container) -> float:
+    """The error printed in a (sub)figure's title."""
+    return float(ERROR.search(container.get_suptitle()).group(1))
+
+
+@pytest.fixture(scope="module")
+def D4():
+    return groups.get("D4")
+
+
+@pytest.fixture(scope="module")
+def steerable(D4):
+    """A D4-steerable conv from one scalar field to two regular fields (16 channels), as plain tensors."""
+    torch.manual_seed(0)
+    in_type, out_type = D4.scalar_fields(1), D4.regular_fields(2)
+    conv = enn.R2Conv(in_type, out_type, kernel_size=5, padding=2).eval()
+    return (lambda x: conv(enn.GeometricTensor(x, in_type)).tensor), out_type
+
+
+@pytest.fixture(scope="module")
+def image():
+    torch.manual_seed(1)
+    return torch.rand(1, 1, 9, 9)
+
+
+def test_plot_equivariance_steerable_conv_error_is_round_off(D4, steerable, image):
+    f, out_type = steerable
+    fig = viz.plot_equivariance(f, image, D4, D4.elements()[1], out_field_type=out_type)
+    assert isinstance(fig, Figure)
+    assert len(fig.axes) == 5
+    assert [ax.get_title().split(",")[0] for ax in fig.axes] == list(viz.PANELS)
+    assert "rotation by 90°" in fig.get_suptitle()
+    assert title_error(fig) < 1e-5
+
+
+def test_plot_equivariance_plain_conv_error_is_large(D4, image):
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(1, 4, 5, padding=2)
+    fig = viz.plot_equivariance(conv, image, D4, D4.elements()[1])
+    assert title_error(fig) > 1e-2
+
+
+def test_ignoring_the_fibre_permutation_is_not_the_group_action(D4, steerable, image):
+    f, _ = steerable
+    fig = viz.plot_equivariance(f, image, D4, D4.elements()[1], channels=[0, 1])
+    assert title_error(fig) > 1e-2
+    assert fig.axes[2].get_title() == "f(x), ch. 0..1"
+
+
+def test_equivariance_grid_has_one_row_per_element(D4, steerable, image):
+    f, out_type = steerable
+    fig = viz.equivariance_grid(f, image, D4, out_field_type=out_type)
+    assert len(fig.subfigs) == D4.order == 8
+    assert len(fig.axes) == 5 * D4.order
+    assert max(title_error(row) for row in fig.subfigs) < 1e-5
+    chosen = D4.elements()[:3]
+    assert len(viz.equivariance_grid(f, image, D4, elements=chosen, out_field_type=out_type).subfigs) == 3
+
+
+def test_equivariance_figures_reject_a_batch(D4, steerable):
+    with pytest.raises(ValueError, match=r"\(1, C, H, W\)"):
+        viz.plot_equivariance(steerable[0], torch.rand(2, 1, 9, 9), D4, D4.identity)
+
+
+def test_plot_orbit_points_one_scatter_per_element():
+    G = groups.get("D8")
+    fig = viz.plot_orbit_points([[1.0, 0.5], [0.0, -2.0]], G)
+    (ax,) = fig.axes
+    assert len(ax.collections) == G.order
+    assert all(len(c.get_offsets()) == 2 for c in ax.collections)
+    radii = {round(float(r), 9) for c in ax.collections for r in torch.as_tensor(c.get_offsets()).norm(dim=1)}
+    assert len(radii) == 2  # orthogonal matrices keep each orbit on its circle
+
+
+def test_plot_orbit_points_over_a_density_into_given_axes():
+    G = groups.get("C4")
+    fig = Figure()
+    ax = fig.add_subplot()
+    returned = viz.plot_orbit_points(torch.tensor([1.0, 1.0]), G, ax=ax, legend=False, resolution=20,
+                                     log_prob=lambda p: -0.5 * p.pow(2).sum(-1))
+    assert returned is fig
+    assert len(ax.collections) > G.order  # contour sets plus one scatter per element
+    assert ax.get_legend() is None
+
+
+def test_explorer_redraws_when_the_slider_moves(D4, steerable, image):
+    f, out_type = steerable
+    box = widgets.equivariance_explorer(f, image, D4, out_field_type=out_type)
+    slider, output = box.children
+    assert [label for label, _ in slider.options] == [D4.describe(g) for g in D4.elements()]
+    first = output.outputs[0]["data"]["image/png"]
+    slider.value = 1
+    (shown,) = output.outputs
+    assert shown["data"]["image/png"] != first
+    assert shown["output_type"] == "display_data"
