@@ -179,3 +179,9 @@ def test_escnn_uses_its_exact_svd():
     G = groups.get("D3")
     basis = lambda: numerical.null(np.asmatrix(np.kron(G.matrix(G.elements()[1]), np.eye(2)) - np.eye(4)), False)
     np.testing.assert_array_equal(basis(), basis())
+
+
+def test_describe_keeps_half_degrees():
+    names = [groups.get("D8").describe(g) for g in groups.get("D8").elements()]
+    assert "reflection (axis at 22.5°)" in names and "reflection (axis at 112.5°)" in names
+    assert groups.get("C16").describe(groups.get("C16").elements()[1]) == "rotation by 22.5°"

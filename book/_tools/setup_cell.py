@@ -29,7 +29,7 @@ if importlib.util.find_spec("gflows") is None:
     pip = [sys.executable, "-m", "pip", "install", "-q"]
     subprocess.run(pip + ["numpy<2", "scipy", "joblib", "lie_learn"], check=True)
     subprocess.run(pip + ["--no-deps", "escnn==1.0.11"], check=True)
-    subprocess.run(pip + ["gflows @ git+{url}"], check=True)
+    subprocess.run(pip + ["git+{url}"], check=True)
     if numpy_was_2:
         print("numpy was downgraded for escnn: restarting the runtime. Run the notebook again.")
         os.kill(os.getpid(), 9)'''
