@@ -101,14 +101,22 @@ class Group:
         entries = np.abs(self.matrix(g))
         return bool(np.all(np.isclose(entries, 0.0, atol=1e-9) | np.isclose(entries, 1.0, atol=1e-9)))
 
+    def reflection_axis(self, g: GroupElement) -> Optional[float]:
+        """For a reflection, the angle (radians) of the line it fixes; ``None`` for a rotation.
+
+        A reflection about the line at angle t has matrix [[cos 2t, sin 2t], [sin 2t, -cos 2t]].
+        """
+        a = self.matrix(g)
+        return math.atan2(a[1, 0], a[0, 0]) / 2 if np.linalg.det(a) < 0 else None
+
     def describe(self, g: GroupElement) -> str:
         """A human-readable name: ``'identity'``, ``'rotation by 90°'``, ``'reflection (axis at 45°)'``."""
+        axis = self.reflection_axis(g)
+        if axis is not None:
+            return f"reflection (axis at {round(math.degrees(axis), 1) % 180:g}°)"
         a = self.matrix(g)
-        if np.linalg.det(a) > 0:
-            degrees = round(math.degrees(math.atan2(a[1, 0], a[0, 0])), 1) % 360
-            return "identity" if degrees == 0 else f"rotation by {degrees:g}°"
-        axis = round(math.degrees(math.atan2(a[1, 0], a[0, 0])) / 2, 1) % 180
-        return f"reflection (axis at {axis:g}°)"
+        degrees = round(math.degrees(math.atan2(a[1, 0], a[0, 0])), 1) % 360
+        return "identity" if degrees == 0 else f"rotation by {degrees:g}°"
 
     def index(self, g: GroupElement) -> int:
         """Position of ``g`` in ``elements()``; ValueError if ``g`` is not an element of this group."""

@@ -200,12 +200,10 @@ def plot_orbit_points(points, G: Group, *, log_prob: Optional[Callable[[torch.Te
         ax.contourf(ticks.numpy(), ticks.numpy(), density, levels=14, cmap="Blues")
     colours = [_element_colour(i, G.order) for i in range(G.order)]
     for i, g in enumerate(G.elements()):
-        a = G.matrix(g)
         moved = G.act_points(points, g).numpy()
-        reflection = np.linalg.det(a) < 0
+        t = G.reflection_axis(g)
+        reflection = t is not None
         if reflection:
-            # the axis of a reflection is the line it fixes: direction (cos t, sin t) with 2t its angle
-            t = np.arctan2(a[1, 0], a[0, 0]) / 2
             ax.plot([-extent * np.cos(t), extent * np.cos(t)], [-extent * np.sin(t), extent * np.sin(t)],
                     ls="--", lw=0.7, color="0.6", zorder=1)
         ax.scatter(moved[:, 0], moved[:, 1], s=60 if i == 0 else 36, marker="X" if reflection else "o",

@@ -1,5 +1,7 @@
 """gflows.groups: names, elements, exact actions on pixel grids and on points, and clear errors."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -185,3 +187,14 @@ def test_describe_keeps_half_degrees():
     names = [groups.get("D8").describe(g) for g in groups.get("D8").elements()]
     assert "reflection (axis at 22.5°)" in names and "reflection (axis at 112.5°)" in names
     assert groups.get("C16").describe(groups.get("C16").elements()[1]) == "rotation by 22.5°"
+
+
+def test_reflection_axis_is_the_fixed_line():
+    G = groups.get("D8")
+    for g in G.elements():
+        axis = G.reflection_axis(g)
+        if axis is None:
+            assert np.linalg.det(G.matrix(g)) > 0
+            continue
+        direction = np.array([math.cos(axis), math.sin(axis)])
+        np.testing.assert_allclose(G.matrix(g) @ direction, direction, atol=1e-12)
