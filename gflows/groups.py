@@ -98,8 +98,7 @@ class Group:
 
     def is_exact(self, g: GroupElement) -> bool:
         """True when A_g is a signed permutation, so that ``g`` maps pixel centres to pixel centres."""
-        entries = np.abs(self.matrix(g))
-        return bool(np.all(np.isclose(entries, 0.0, atol=1e-9) | np.isclose(entries, 1.0, atol=1e-9)))
+        return is_signed_permutation(self.matrix(g))
 
     def reflection_axis(self, g: GroupElement) -> Optional[float]:
         """For a reflection, the angle (radians) of the line it fixes; ``None`` for a rotation.
@@ -171,7 +170,7 @@ class Group:
             raise ValueError(f"field type has {field_type.size} channels but x has {x.shape[1]}")
         if not self.is_exact(g):
             return self._interpolated_action(x, g, field_type)
-        moved = _move_pixels_exactly(x, a)
+        moved = move_pixels(x, a)
         if field_type is None or _is_trivial(field_type):
             return moved
         rho = torch.as_tensor(field_type.representation(g), dtype=x.dtype, device=x.device)
@@ -208,7 +207,13 @@ def _is_trivial(field_type) -> bool:
     return all(rep.is_trivial() for rep in field_type.representations)
 
 
-def _move_pixels_exactly(x: torch.Tensor, a: np.ndarray) -> torch.Tensor:
+def is_signed_permutation(a: np.ndarray) -> bool:
+    """True when every entry of the orthogonal matrix ``a`` is 0 or +-1 (it maps the pixel grid onto itself)."""
+    entries = np.abs(a)
+    return bool(np.all(np.isclose(entries, 0.0, atol=1e-9) | np.isclose(entries, 1.0, atol=1e-9)))
+
+
+def move_pixels(x: torch.Tensor, a: np.ndarray) -> torch.Tensor:
     """f(A^{-1} p) for a signed-permutation matrix A: A = R^k F^s with R the 90° rotation, F: X -> -X.
 
     Rows index -Y and columns index X (escnn's convention), so R acts as ``torch.rot90(x, 1)`` on the

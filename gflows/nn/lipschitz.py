@@ -1,0 +1,217 @@
+r"""Equivariant linear operators with a bounded operator norm: the residual branch of a G-Residual flow.
+
+A steerable convolution has the filter :math:`W = \sum_k w_k B_k`, a combination of escnn's
+equivariant basis filters :math:`B_k`. Equivariance is a linear constraint on :math:`W`, so
+:math:`W / s` is equivariant for every scalar :math:`s > 0`. That is all spectral normalisation needs:
+
+.. math:: W \;\leftarrow\; \frac{W}{\max(1,\ \hat\sigma / c)},
+
+where :math:`\hat\sigma` estimates :math:`\lVert \mathcal{W}\rVert_2`, the largest singular value of
+the *whole* linear operator :math:`\mathcal{W}` (the convolution on the actual H x W input, with its
+zero padding; or the matrix of a linear layer), and :math:`c < 1` is ``coeff``.
+
+:math:`\hat\sigma = u^\top \mathcal{W} v` comes from power iteration
+(:math:`v \leftarrow \mathcal{W}^\top u/\lVert\cdot\rVert`, :math:`u \leftarrow \mathcal{W} v/\lVert\cdot\rVert`),
+with :math:`\mathcal{W}^\top` the transposed convolution. The vectors persist between calls, so a
+few iterations per training step track the slowly changing weights:
+
+* a forward pass in training mode with autograd on (a training step) first runs
+  ``n_iterations_train`` iterations;
+* switching to evaluation (``.eval()``) runs ``n_iterations_eval`` more;
+* the first call, or a call at a new input size, starts from random vectors and runs
+  ``n_iterations_init``.
+
+Power iteration approaches :math:`\lVert\mathcal{W}\rVert_2` from below, so after enough iterations
+:math:`\mathrm{Lip} \le c` up to the iteration's tolerance; the tests measure the true norm.
+Gradients flow through :math:`\hat\sigma` (u and v are constants), as in Miyato et al. 2018.
+In float64 the expanded weight is first averaged over the group (:mod:`.exact`), so that
+equivariance holds to float64 precision despite escnn's float32 basis.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .._escnn import enn
+from .exact import project_to_equivariant
+
+
+class _NormBounded(nn.Module):
+    """Shared machinery: an escnn layer whose expanded weight is divided by ``max(1, sigma/coeff)``.
+
+    Subclasses say how to apply the operator and its transpose, and the shape of the vector ``v``
+    for a given input.
+    """
+
+    def __init__(self, layer, coeff: float, n_iterations_train: int, n_iterations_eval: int, n_iterations_init: int) -> None:
+        super().__init__()
+        if not 0 < coeff:
+            raise ValueError(f"coeff must be positive, got {coeff}")
+        self.layer = layer
+        self.in_type, self.out_type = layer.in_type, layer.out_type
+        self.coeff = float(coeff)
+        self.n_iterations_train, self.n_iterations_eval, self.n_iterations_init = n_iterations_train, n_iterations_eval, n_iterations_init
+        self.register_buffer("u", torch.empty(0))
+        self.register_buffer("v", torch.empty(0))
+
+    # -- subclass interface
+    def _operator(self, weight: torch.Tensor, v: torch.Tensor) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def _transpose(self, weight: torch.Tensor, u: torch.Tensor) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def _apply_weight(self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def _vector_shape(self, x: torch.Tensor) -> Tuple[int, ...]:
+        return (1, *x.shape[1:])
+
+    # -- power iteration
+    @torch.no_grad()
+    def _iterate(self, weight: torch.Tensor, n: int) -> None:
+        for _ in range(n):
+            v = self._transpose(weight, self.u)
+            self.v = v / v.norm().clamp_min(1e-12)
+            u = self._operator(weight, self.v)
+            self.u = u / u.norm().clamp_min(1e-12)
+
+    @torch.no_grad()
+    def _start(self, weight: torch.Tensor, shape: Tuple[int, ...]) -> None:
+        v = torch.randn(shape, dtype=weight.dtype, device=weight.device)
+        self.v = v / v.norm()
+        u = self._operator(weight, self.v)
+        self.u = u / u.norm().clamp_min(1e-12)
+        self._iterate(weight, self.n_iterations_init)
+
+    def update_lipschitz(self, n_iterations: int) -> None:
+        """Run ``n_iterations`` power iterations on the current weights (no-op before the first call)."""
+        if self.v.numel():
+            self._iterate(self.layer.expand_parameters()[0].detach(), n_iterations)
+
+    def sigma(self, weight: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The current estimate :math:`u^\\top \\mathcal{W} v` of the operator norm (differentiable in W)."""
+        if weight is None:
+            weight = self.layer.expand_parameters()[0]
+        return (self.u * self._operator(weight, self.v)).sum()
+
+    def normalized_weight(self, x: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """The expanded weight divided by ``max(1, sigma / coeff)`` and the bias, for input ``x``."""
+        weight, bias = self.layer.expand_parameters()
+        if weight.dtype == torch.float64:
+            weight = project_to_equivariant(weight, self.in_type, self.out_type)
+        shape = self._vector_shape(x)
+        if tuple(self.v.shape) != shape or self.v.dtype != weight.dtype or self.v.device != weight.device:
+            self._start(weight.detach(), shape)
+        elif self.training and torch.is_grad_enabled():
+            self._iterate(weight.detach(), self.n_iterations_train)
+        scale = torch.clamp(self.sigma(weight) / self.coeff, min=1.0)
+        return weight / scale, bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() < 2 or x.shape[1] != self.in_type.size:
+            raise ValueError(f"{type(self).__name__} expects {self.in_type.size} input channels, got shape {tuple(x.shape)}")
+        return self._apply_weight(x, *self.normalized_weight(x))
+
+    def train(self, mode: bool = True):
+        if self.training and not mode:
+            self.update_lipschitz(self.n_iterations_eval)
+        return super().train(mode)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # u and v take the input's size at the first call: adopt the saved sizes before loading.
+        for name in ("u", "v"):
+            if prefix + name in state_dict:
+                setattr(self, name, torch.empty_like(state_dict[prefix + name]))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+class LipschitzConv(_NormBounded):
+    """Steerable convolution (escnn ``R2Conv``) with operator norm at most ``coeff`` on its input size.
+
+    Args:
+        in_type, out_type: escnn ``FieldType`` s of one gspace (e.g. ``G.scalar_fields(1)``,
+            ``G.regular_fields(8)``).
+        kernel_size: odd; padding ``kernel_size // 2`` and stride 1 keep the H x W grid and its centre,
+            so 90-degree rotations and flips act exactly on odd and even sizes alike.
+        coeff: bound on the operator 2-norm (Lipschitz constant), e.g. 0.98.
+        n_iterations_train / n_iterations_eval / n_iterations_init: power iterations per training
+            step, on ``.eval()``, and from fresh vectors.
+        **conv_kwargs: passed to ``R2Conv`` (e.g. ``bias=False``).
+    Shapes: ``(B, in_type.size, H, W) -> (B, out_type.size, H, W)``. Equivariant to the group of the
+    field types; Lip <= coeff once power iteration has converged.
+    """
+
+    def __init__(
+        self,
+        in_type,
+        out_type,
+        kernel_size: int = 3,
+        *,
+        coeff: float = 0.98,
+        n_iterations_train: int = 2,
+        n_iterations_eval: int = 50,
+        n_iterations_init: int = 50,
+        **conv_kwargs,
+    ) -> None:
+        if kernel_size % 2 != 1:
+            raise ValueError(f"kernel_size must be odd (an even kernel has no centre pixel), got {kernel_size}")
+        layer = enn.R2Conv(in_type, out_type, kernel_size, padding=kernel_size // 2, **conv_kwargs)
+        super().__init__(layer, coeff, n_iterations_train, n_iterations_eval, n_iterations_init)
+        self.padding = kernel_size // 2
+
+    def _operator(self, weight, v):
+        return F.conv2d(v, weight, padding=self.padding)
+
+    def _transpose(self, weight, u):
+        return F.conv_transpose2d(u, weight, padding=self.padding)
+
+    def _apply_weight(self, x, weight, bias):
+        if x.dim() != 4:
+            raise ValueError(f"LipschitzConv expects (B, C, H, W), got shape {tuple(x.shape)}")
+        return F.conv2d(x, weight, bias, padding=self.padding)
+
+
+class LipschitzLinear(_NormBounded):
+    """Equivariant linear map between field types on no base space (escnn ``Linear``), norm <= ``coeff``.
+
+    Used on points of the plane: e.g. from :func:`~gflows.nn.point_fields` to
+    :func:`~gflows.nn.point_regular_fields`. Here the operator is the expanded matrix itself.
+    Shapes: ``(B, in_type.size) -> (B, out_type.size)``. Equivariant; Lip <= coeff.
+    """
+
+    def __init__(
+        self,
+        in_type,
+        out_type,
+        *,
+        coeff: float = 0.9,
+        n_iterations_train: int = 2,
+        n_iterations_eval: int = 50,
+        n_iterations_init: int = 50,
+        **linear_kwargs,
+    ) -> None:
+        layer = enn.Linear(in_type, out_type, **linear_kwargs)
+        super().__init__(layer, coeff, n_iterations_train, n_iterations_eval, n_iterations_init)
+
+    def _operator(self, weight, v):
+        return v @ weight.T
+
+    def _transpose(self, weight, u):
+        return u @ weight
+
+    def _apply_weight(self, x, weight, bias):
+        if x.dim() != 2:
+            raise ValueError(f"LipschitzLinear expects (B, C), got shape {tuple(x.shape)}")
+        return F.linear(x, weight, bias)
+
+
+def update_lipschitz(module: nn.Module, n_iterations: int) -> None:
+    """Run ``n_iterations`` power iterations in every norm-bounded layer inside ``module``."""
+    for layer in module.modules():
+        if isinstance(layer, _NormBounded):
+            layer.update_lipschitz(n_iterations)
