@@ -12,7 +12,9 @@ import pytest
 import torch
 
 from gflows import checks, groups
-from gflows.flows import ActNorm, FlowModel, Logit, Sequential, dequantize, standard_normal_log_prob
+from gflows.flows import ActNorm, FlowModel, Logit, ResidualBlock, Sequential, dequantize, standard_normal_log_prob
+from gflows.flows.logdet import Exact
+from gflows.models.residual import image_branch, point_branch
 
 # (name, factory, example input, group it is equivariant to, field type name for images)
 LAYERS = {
@@ -21,6 +23,18 @@ LAYERS = {
     "actnorm-points": (lambda: ActNorm(1, field_size=2, shift=False), lambda: torch.randn(16, 2) * 3, "C8", None),
     "logit": (lambda: Logit(0.05), lambda: torch.rand(4, 2, 5, 5), "D4", None),
     "sequential": (lambda: Sequential(Logit(), ActNorm(2)), lambda: torch.rand(4, 2, 6, 6), "D4", None),
+    "residual-image": (
+        lambda: ResidualBlock(image_branch(groups.get("D4"), 2, 2, coeff=0.7), train_estimator=Exact(), eval_estimator=Exact()),
+        lambda: torch.randn(3, 2, 5, 5),
+        "D4",
+        None,
+    ),
+    "residual-points": (
+        lambda: ResidualBlock(point_branch(groups.get("C8"), 2, coeff=0.7), train_estimator=Exact(), eval_estimator=Exact()),
+        lambda: torch.randn(8, 2),
+        "C8",
+        None,
+    ),
 }
 
 
