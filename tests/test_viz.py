@@ -107,3 +107,16 @@ def test_explorer_redraws_when_the_slider_moves(D4, steerable, image):
     (shown,) = output.outputs
     assert shown["data"]["image/png"] != first
     assert shown["output_type"] == "display_data"
+
+
+def test_titles_print_log_p_of_x_and_of_its_image(D4, steerable, image):
+    f, out_type = steerable
+    invariant = lambda v: v.double().pow(2).flatten(1).sum(1)  # noqa: E731
+    shifted = lambda v: v.flatten(1)[:, :1].sum(1)  # noqa: E731  (a pixel value: not invariant)
+    values = re.compile(r"log p\(x\) = ([0-9.e+-]+),  log p\(g·x\) = ([0-9.e+-]+)")
+    rotation = D4.elements()[1]
+    same = values.search(viz.plot_equivariance(f, image, D4, rotation, out_field_type=out_type, log_prob=invariant).get_suptitle())
+    assert same.group(1) == same.group(2)
+    fig = viz.equivariance_grid(f, image, D4, out_field_type=out_type, log_prob=shifted)
+    pairs = [values.search(sub.get_suptitle()).groups() for sub in fig.subfigs]
+    assert any(a != b for a, b in pairs)
