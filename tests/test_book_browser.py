@@ -103,6 +103,12 @@ def _html(document: str) -> str:
     return f"{document}.html"
 
 
+def _screenshot(page, name: str) -> None:
+    """Save the whole page to ``_build/screenshots/<name>.png``, for a person to look at."""
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=SCREENSHOTS / f"{name}.png", full_page=True)
+
+
 def _check_page(visit: Visit, page) -> None:
     untypeset = page.locator("span.math:not(:has(mjx-container)), div.math:not(:has(mjx-container))").count()
     assert untypeset == 0, f"{untypeset} formulas not typeset by MathJax"
@@ -118,8 +124,7 @@ def _check_page(visit: Visit, page) -> None:
 @pytest.mark.parametrize("document", book_pages.documents())
 def test_page_reads_offline_from_a_web_server(visit, server, document):
     page = visit.open(server + _html(document))
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=SCREENSHOTS / f"{document.replace('/', '__')}.png", full_page=True)
+    _screenshot(page, document.replace("/", "__"))
     _check_page(visit, page)
 
 
@@ -152,5 +157,6 @@ def test_search_finds_pages(visit, server):
     page = visit.open(server + "search.html?q=equivariant")
     results = page.locator("#search-results ul.search li")
     results.first.wait_for(timeout=15_000)
+    _screenshot(page, "search")
     assert results.count() >= 2, "searching for 'equivariant' should find the introduction and chapter 1"
     assert not visit.problems, "\n".join(visit.problems)
