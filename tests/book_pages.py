@@ -6,6 +6,7 @@ variable ``GFLOWS_REQUIRE_BROWSER=1``, as in ``.ci/run`` after ``make book``, th
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import pathlib
 
@@ -28,6 +29,14 @@ def documents() -> list[str]:
     """Every document of ``_toc.yml`` without suffix, the root first: ``["book/intro", "book/01_symmetry", ...]``."""
     toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
     return [toc["root"]] + _files(toc.get("parts", toc.get("chapters", [])))
+
+
+def tool(name: str):
+    """The script ``book/_tools/<name>.py`` imported as a module (``book/_tools`` is no package)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "book" / "_tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def unavailable(reason: str) -> None:

@@ -3,8 +3,6 @@
 (nbval executes every notebook separately: pytest collects ``book/*.ipynb`` with ``--nbval-lax``.)
 """
 
-import importlib.util
-import pathlib
 import re
 
 import nbformat
@@ -13,10 +11,8 @@ import yaml
 
 import book_pages
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("setup_cell", ROOT / "book" / "_tools" / "setup_cell.py")
-setup_cell = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(setup_cell)
+ROOT = book_pages.ROOT
+setup_cell = book_pages.tool("setup_cell")
 
 NOTEBOOKS = setup_cell.notebooks()
 CONFIG = yaml.safe_load((ROOT / "_config.yml").read_text())

@@ -9,7 +9,6 @@ in ``.ci/run`` and where ``GFLOWS_TEST_SETUP_CELL=1``, and skips otherwise.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import signal
 import subprocess
@@ -19,9 +18,7 @@ import pytest
 
 import book_pages
 
-_spec = importlib.util.spec_from_file_location("setup_cell", book_pages.ROOT / "book" / "_tools" / "setup_cell.py")
-setup_cell = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(setup_cell)
+setup_cell = book_pages.tool("setup_cell")
 
 pytestmark = pytest.mark.skipif(os.environ.get("GFLOWS_TEST_SETUP_CELL") != "1",
                                 reason="installs a Colab-like venv from PyPI: set GFLOWS_TEST_SETUP_CELL=1")
