@@ -34,7 +34,7 @@ LOCAL_HOSTS = {"127.0.0.1", "localhost"}
 def browser(built_book):
     """Chromium, launched once for the module."""
     if not CHROMIUM.exists():
-        book_pages.unavailable(f"{CHROMIUM} is missing: apt-get install chromium chromium-driver")
+        book_pages.unavailable(f"{CHROMIUM} is missing: apt-get install chromium")
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
