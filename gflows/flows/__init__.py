@@ -1,11 +1,23 @@
 """Invertible layers (data -> latent) and the density model built on them.
 
 ``base``: the protocol, :class:`Sequential` and :class:`FlowModel`; ``actnorm`` and ``elementwise``:
-layers every model needs. The flow families (residual, coupling, autoregressive) get one module each.
+layers every model needs. The flow families get one module each: ``residual`` (with its log-det estimators in
+``logdet``), coupling, autoregressive.
 """
 
 from .actnorm import ActNorm
-from .base import Flow, FlowModel, Sequential, dequantize, standard_normal_log_prob
+from .base import Flow, FlowModel, InverseDidNotConverge, Sequential, dequantize, standard_normal_log_prob
 from .elementwise import Logit
+from .residual import ResidualBlock
 
-__all__ = ["ActNorm", "Flow", "FlowModel", "Logit", "Sequential", "dequantize", "standard_normal_log_prob"]
+__all__ = [
+    "ActNorm",
+    "Flow",
+    "FlowModel",
+    "InverseDidNotConverge",
+    "Logit",
+    "ResidualBlock",
+    "Sequential",
+    "dequantize",
+    "standard_normal_log_prob",
+]

@@ -29,6 +29,17 @@ from ..groups import Group, get
 LOG_2PI = math.log(2 * math.pi)
 
 
+class InverseDidNotConverge(RuntimeError):
+    """An iterative inverse stopped at its iteration cap; ``residual`` is ``max |f(x) - z|`` there."""
+
+    def __init__(self, iterations: int, residual: float) -> None:
+        super().__init__(
+            f"the inverse did not converge in {iterations} iterations (residual {residual:.3g}); "
+            "is the Lipschitz constant of the residual branch below 1?"
+        )
+        self.iterations, self.residual = iterations, residual
+
+
 class Flow(nn.Module):
     """Base class of invertible layers: ``forward(x) -> (z, logdet)``, ``inverse(z) -> x``.
 

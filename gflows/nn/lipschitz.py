@@ -15,8 +15,9 @@ zero padding; or the matrix of a linear layer), and :math:`c < 1` is ``coeff``.
 with :math:`\mathcal{W}^\top` the transposed convolution. The vectors persist between calls, so a
 few iterations per training step track the slowly changing weights:
 
-* a forward pass in training mode with autograd on (a training step) first runs
-  ``n_iterations_train`` iterations;
+* a call after the weights have changed (an optimiser step; tracked by the parameters' version
+  counters) first runs ``n_iterations_train`` iterations, so repeated calls with unchanged weights
+  use the same normalisation (and a fixed-point inverse sees one fixed map);
 * switching to evaluation (``.eval()``) runs ``n_iterations_eval`` more;
 * the first call, or a call at a new input size, starts from random vectors and runs
   ``n_iterations_init``.
@@ -57,6 +58,8 @@ class _NormBounded(nn.Module):
         self.n_iterations_train, self.n_iterations_eval, self.n_iterations_init = n_iterations_train, n_iterations_eval, n_iterations_init
         self.register_buffer("u", torch.empty(0))
         self.register_buffer("v", torch.empty(0))
+        self._iterated_version: Tuple[int, ...] = ()
+        self.register_load_state_dict_post_hook(_NormBounded._loaded)
 
     # -- subclass interface
     def _operator(self, weight: torch.Tensor, v: torch.Tensor) -> torch.Tensor:  # pragma: no cover
@@ -72,8 +75,12 @@ class _NormBounded(nn.Module):
         return (1, *x.shape[1:])
 
     # -- power iteration
+    def _weights_version(self) -> Tuple[int, ...]:
+        return tuple(p._version for p in self.layer.parameters())
+
     @torch.no_grad()
     def _iterate(self, weight: torch.Tensor, n: int) -> None:
+        self._iterated_version = self._weights_version()
         for _ in range(n):
             v = self._transpose(weight, self.u)
             self.v = v / v.norm().clamp_min(1e-12)
@@ -107,14 +114,16 @@ class _NormBounded(nn.Module):
         shape = self._vector_shape(x)
         if tuple(self.v.shape) != shape or self.v.dtype != weight.dtype or self.v.device != weight.device:
             self._start(weight.detach(), shape)
-        elif self.training and torch.is_grad_enabled():
+        elif self._weights_version() != self._iterated_version:
             self._iterate(weight.detach(), self.n_iterations_train)
         scale = torch.clamp(self.sigma(weight) / self.coeff, min=1.0)
         return weight / scale, bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() < 2 or x.shape[1] != self.in_type.size:
-            raise ValueError(f"{type(self).__name__} expects {self.in_type.size} input channels, got shape {tuple(x.shape)}")
+        if x.dim() != self.input_layout.count(",") + 1 or x.shape[1] != self.in_type.size:
+            raise ValueError(
+                f"{type(self).__name__} expects {self.input_layout} with C = {self.in_type.size}, got shape {tuple(x.shape)}"
+            )
         return self._apply_weight(x, *self.normalized_weight(x))
 
     def train(self, mode: bool = True):
@@ -128,6 +137,10 @@ class _NormBounded(nn.Module):
             if prefix + name in state_dict:
                 setattr(self, name, torch.empty_like(state_dict[prefix + name]))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def _loaded(self, *_) -> None:
+        # loaded u and v belong to the loaded weights: no power iteration until the weights change
+        self._iterated_version = self._weights_version()
 
 
 class LipschitzConv(_NormBounded):
@@ -146,6 +159,8 @@ class LipschitzConv(_NormBounded):
     field types; Lip <= coeff once power iteration has converged.
     """
 
+    input_layout = "(B, C, H, W)"
+
     def __init__(
         self,
         in_type,
@@ -153,9 +168,9 @@ class LipschitzConv(_NormBounded):
         kernel_size: int = 3,
         *,
         coeff: float = 0.98,
-        n_iterations_train: int = 2,
-        n_iterations_eval: int = 50,
-        n_iterations_init: int = 50,
+        n_iterations_train: int = 5,
+        n_iterations_eval: int = 200,
+        n_iterations_init: int = 200,
         **conv_kwargs,
     ) -> None:
         if kernel_size % 2 != 1:
@@ -171,8 +186,6 @@ class LipschitzConv(_NormBounded):
         return F.conv_transpose2d(u, weight, padding=self.padding)
 
     def _apply_weight(self, x, weight, bias):
-        if x.dim() != 4:
-            raise ValueError(f"LipschitzConv expects (B, C, H, W), got shape {tuple(x.shape)}")
         return F.conv2d(x, weight, bias, padding=self.padding)
 
 
@@ -184,15 +197,17 @@ class LipschitzLinear(_NormBounded):
     Shapes: ``(B, in_type.size) -> (B, out_type.size)``. Equivariant; Lip <= coeff.
     """
 
+    input_layout = "(B, C)"
+
     def __init__(
         self,
         in_type,
         out_type,
         *,
         coeff: float = 0.9,
-        n_iterations_train: int = 2,
-        n_iterations_eval: int = 50,
-        n_iterations_init: int = 50,
+        n_iterations_train: int = 5,
+        n_iterations_eval: int = 200,
+        n_iterations_init: int = 200,
         **linear_kwargs,
     ) -> None:
         layer = enn.Linear(in_type, out_type, **linear_kwargs)
@@ -205,8 +220,6 @@ class LipschitzLinear(_NormBounded):
         return u @ weight
 
     def _apply_weight(self, x, weight, bias):
-        if x.dim() != 2:
-            raise ValueError(f"LipschitzLinear expects (B, C), got shape {tuple(x.shape)}")
         return F.linear(x, weight, bias)
 
 

@@ -1,0 +1,215 @@
+r"""Estimators of :math:`\log\det(I + J_g(x))` for a residual map :math:`x \mapsto x + g(x)` with Lip(g) < 1.
+
+With :math:`\lVert J_g\rVert_2 < 1` the logarithm has the convergent power series
+
+.. math:: \log\det(I + J_g) = \operatorname{tr}\log(I + J_g) = \sum_{k\ge 1} \frac{(-1)^{k+1}}{k}\operatorname{tr}(J_g^k),
+
+and each trace is estimated by Hutchinson's :math:`\operatorname{tr}(A) = \mathbb{E}_v[v^\top A v]`,
+:math:`v\sim\mathcal{N}(0, I)`, with :math:`v^\top J^k` computed by :math:`k` vector-Jacobian products.
+
+* :class:`Exact`: the full Jacobian and ``slogdet`` (D backward passes; small inputs, toy points).
+* :class:`PowerSeries`: the first ``n_terms`` terms (biased by the truncation; deterministic given v).
+* :class:`RussianRoulette`: the unbiased estimator of Chen et al. (2019). Draw
+  :math:`N\sim\mathrm{Geometric}(p)` on :math:`\{0, 1, \dots\}`, keep ``n_exact_terms`` terms and
+  :math:`N` more, and divide term :math:`k` by :math:`P(N \ge k - n_\text{exact}) = (1-p)^{k-n_\text{exact}}`.
+  Each term then has the right expectation, so the estimate is unbiased for the whole series.
+
+**Neumann-series gradient.** Instead of backpropagating through k products, use
+:math:`\partial_\theta \log\det(I+J) = \operatorname{tr}\big((I+J)^{-1}\partial_\theta J\big)
+= \sum_{m\ge 0}(-1)^m \operatorname{tr}(J^m\,\partial_\theta J)`, estimated with the same truncation
+as :math:`\psi^\top(\partial_\theta J)v` where :math:`\psi = \sum_m (-1)^m w_{m+1} J^{m\top}v` is computed
+without a graph. **Memory-efficient backward**: the gradient of the log-det is computed during the
+forward pass and stored, so the graph of the vector-Jacobian products is freed at once.
+
+Each estimator is called as ``estimator(g, x)`` and returns ``(g(x), logdet)`` with ``logdet`` of
+shape ``(B,)``. With an equivariant g and an orthogonal action, ``logdet`` is invariant for
+:class:`Exact`; the stochastic estimates are invariant *in distribution* (the Gaussian probe is),
+and exactly when the probe is transformed with the input (``probe=`` argument).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, List, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+Residual = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _sample_dims(x: torch.Tensor) -> Tuple[int, ...]:
+    return tuple(range(1, x.dim()))
+
+
+def _evaluate(g: Residual, x: torch.Tensor, logdet_of: Callable) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Run ``g`` with autograd on (the estimators need vector-Jacobian products even under
+    ``torch.no_grad``) and return detached results when the caller did not want gradients."""
+    grad_wanted = torch.is_grad_enabled()
+    with torch.enable_grad():
+        x_in = x if x.requires_grad else x.detach().requires_grad_(True)
+        gx = g(x_in)
+        logdet = logdet_of(gx, x_in, grad_wanted)
+    if not grad_wanted:
+        return gx.detach(), logdet.detach()
+    return gx, logdet
+
+
+def jacobian_logdet(gx: torch.Tensor, x: torch.Tensor, create_graph: bool) -> torch.Tensor:
+    """:math:`\\log|\\det(I + J)|` per sample from the full Jacobian of ``gx`` w.r.t. ``x``: ``(B,)``."""
+    batch, dim = x.shape[0], x[0].numel()
+    basis = torch.eye(dim, dtype=x.dtype, device=x.device).reshape(dim, 1, *x.shape[1:]).expand(dim, *x.shape)
+    rows = torch.autograd.grad(gx, x, basis, is_grads_batched=True, create_graph=create_graph, retain_graph=True)[0]
+    jacobian = rows.reshape(dim, batch, dim).transpose(0, 1)
+    identity = torch.eye(dim, dtype=x.dtype, device=x.device)
+    return torch.linalg.slogdet(identity + jacobian).logabsdet
+
+
+def series_logdet(
+    gx: torch.Tensor,
+    x: torch.Tensor,
+    probe: torch.Tensor,
+    weights: Sequence[float],
+    *,
+    neumann_gradient: bool,
+    create_graph: bool,
+) -> torch.Tensor:
+    r"""Hutchinson estimate :math:`\sum_{k=1}^{K} \frac{(-1)^{k+1}}{k} w_k\, v^\top J^k v` per sample, ``(B,)``.
+
+    Args:
+        gx, x: ``g(x)`` and ``x`` (with ``x.requires_grad``).
+        probe: v, same shape as x.
+        weights: :math:`w_1..w_K` (all 1 for a truncated series, inverse survival probabilities for
+            Russian roulette).
+        neumann_gradient: value without a graph, gradient from the Neumann-series surrogate.
+        create_graph: whether the result must be differentiable.
+    """
+    dims = _sample_dims(x)
+    through_products = create_graph and not neumann_gradient
+    value, psi, w = 0.0, torch.zeros_like(probe), probe
+    for k, weight in enumerate(weights, start=1):
+        if neumann_gradient:
+            psi = psi + (-1) ** (k - 1) * weight * w
+        w = torch.autograd.grad(gx, x, w, retain_graph=True, create_graph=through_products)[0]
+        value = value + (-1) ** (k + 1) / k * weight * (w * probe).sum(dims)
+    if not neumann_gradient or not create_graph:
+        return value if create_graph else value.detach()
+    vjp = torch.autograd.grad(gx, x, psi.detach(), retain_graph=True, create_graph=True)[0]
+    surrogate = (vjp * probe).sum(dims)
+    return value.detach() + surrogate - surrogate.detach()
+
+
+def _probe_for(x: torch.Tensor, probe: Optional[torch.Tensor]) -> torch.Tensor:
+    if probe is None:
+        return torch.randn_like(x)
+    if probe.shape != x.shape:
+        raise ValueError(f"probe must have the shape of x {tuple(x.shape)}, got {tuple(probe.shape)}")
+    return probe.to(x)
+
+
+@dataclass(frozen=True)
+class Exact:
+    """Brute-force :math:`\\log|\\det(I+J_g(x))|` from the full D x D Jacobian; differentiable.
+
+    Cost: D vector-Jacobian products per batch. Refuses inputs with more than ``max_dim`` numbers per sample.
+    """
+
+    max_dim: int = 4096
+
+    def __call__(self, g: Residual, x: torch.Tensor, probe: Optional[torch.Tensor] = None):
+        if x[0].numel() > self.max_dim:
+            raise ValueError(f"Exact log-det builds a {x[0].numel()}^2 Jacobian per sample; max_dim is {self.max_dim}")
+        return _evaluate(g, x, jacobian_logdet)
+
+
+@dataclass(frozen=True)
+class PowerSeries:
+    """The first ``n_terms`` terms of the series with one Hutchinson probe per sample (biased by
+    :math:`O(\\mathrm{Lip}^{n+1}/(n+1))`); gradients through the products."""
+
+    n_terms: int = 10
+
+    def __call__(self, g: Residual, x: torch.Tensor, probe: Optional[torch.Tensor] = None):
+        probe = _probe_for(x, probe)
+        weights = [1.0] * self.n_terms
+        return _evaluate(g, x, lambda gx, xi, cg: series_logdet(gx, xi, probe, weights, neumann_gradient=False, create_graph=cg))
+
+
+@dataclass(frozen=True)
+class RussianRoulette:
+    """Unbiased estimate: ``n_exact_terms`` terms plus N ~ Geometric(p) more, reweighted.
+
+    Args:
+        n_exact_terms: terms always computed.
+        p: success probability of the geometric distribution (expected extra terms (1-p)/p).
+        neumann_gradient: gradient from the Neumann series (memory O(1) in the number of terms).
+        memory_efficient: compute the log-det's gradient in the forward pass and free its graph.
+    """
+
+    n_exact_terms: int = 2
+    p: float = 0.5
+    neumann_gradient: bool = True
+    memory_efficient: bool = True
+
+    def weights(self, n_extra: int) -> List[float]:
+        """:math:`w_k` for :math:`k = 1..n_\\text{exact}+N`: 1, then :math:`(1-p)^{-(k-n_\\text{exact})}`."""
+        return [1.0] * self.n_exact_terms + [(1 - self.p) ** -j for j in range(1, n_extra + 1)]
+
+    def sample_extra_terms(self) -> int:
+        """N ~ Geometric(p) on {0, 1, ...}: P(N >= m) = (1 - p)^m (global torch RNG)."""
+        u = float(torch.rand(()))
+        return int(math.floor(math.log1p(-u) / math.log1p(-self.p))) if self.p < 1 else 0
+
+    def __call__(self, g: Residual, x: torch.Tensor, probe: Optional[torch.Tensor] = None):
+        probe = _probe_for(x, probe)
+        weights = self.weights(self.sample_extra_terms())
+
+        def logdet_of(gx, xi, create_graph):
+            return series_logdet(gx, xi, probe, weights, neumann_gradient=self.neumann_gradient, create_graph=create_graph)
+
+        if self.memory_efficient and self.neumann_gradient and torch.is_grad_enabled() and isinstance(g, nn.Module):
+            parameters = [p for p in g.parameters() if p.requires_grad]
+            return _MemoryEfficientLogdet.apply(g, logdet_of, x, *parameters)
+        return _evaluate(g, x, logdet_of)
+
+
+class _MemoryEfficientLogdet(torch.autograd.Function):
+    """``(g(x), logdet)`` whose log-det gradient is computed in the forward pass (Chen et al. 2019).
+
+    The backward pass adds ``dL/dlogdet * dlogdet/d(x, theta)`` to the ordinary backward of g. For the
+    parameters this needs the same ``dL/dlogdet`` for every sample (a mean or sum of log-likelihoods);
+    anything else raises rather than returning a wrong gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, g, logdet_of, x, *parameters):
+        with torch.enable_grad():
+            x_in = x.detach().requires_grad_(True)
+            gx = g(x_in)
+            logdet = logdet_of(gx, x_in, True)
+            grads = torch.autograd.grad(logdet.sum(), [x_in, *parameters], retain_graph=True, allow_unused=True)
+        ctx.gx, ctx.x_in, ctx.parameters, ctx.logdet_grads = gx, x_in, parameters, grads
+        return gx.detach(), logdet.detach()
+
+    @staticmethod
+    def backward(ctx, grad_gx, grad_logdet):
+        with torch.enable_grad():
+            grads = torch.autograd.grad(ctx.gx, [ctx.x_in, *ctx.parameters], grad_gx, allow_unused=True)
+        if not torch.allclose(grad_logdet, grad_logdet[:1].expand_as(grad_logdet)):
+            raise RuntimeError(
+                "the memory-efficient log-det backward needs a loss that weights every sample's log-det "
+                "equally (a mean or sum); use RussianRoulette(memory_efficient=False)"
+            )
+        shape = (-1,) + (1,) * (ctx.x_in.dim() - 1)
+        combined = [_add(grads[0], ctx.logdet_grads[0], grad_logdet.reshape(shape))]
+        combined += [_add(a, b, grad_logdet[0]) for a, b in zip(grads[1:], ctx.logdet_grads[1:])]
+        ctx.gx = ctx.x_in = ctx.logdet_grads = None
+        return (None, None, *combined)
+
+
+def _add(grad: Optional[torch.Tensor], logdet_grad: Optional[torch.Tensor], scale) -> Optional[torch.Tensor]:
+    if logdet_grad is None:
+        return grad
+    scaled = scale * logdet_grad
+    return scaled if grad is None else grad + scaled

@@ -1,0 +1,161 @@
+"""Equivariant building blocks: Lipschitz steerable convolutions and linear maps, LipSwish, projection.
+
+Properties: equivariance to float precision (exact elements, odd and even sizes), the true operator
+norm after power iteration is at most coeff, LipSwish is 1-Lipschitz and refuses fields on which a
+pointwise map is not equivariant, the float64 projection leaves escnn's filters unchanged up to their
+float32 sampling error and makes any filter equivariant.
+"""
+
+import io
+
+import pytest
+import torch
+
+from gflows import checks, groups
+from gflows.nn import LipSwish, LipschitzConv, LipschitzLinear, hidden_fields, point_fields, point_regular_fields, update_lipschitz
+from gflows.nn.exact import project_to_equivariant
+
+
+def _operator_norm(layer, x):
+    """Largest singular value of the (affine part of the) layer at input x, from its dense Jacobian."""
+    jacobian = torch.autograd.functional.jacobian(lambda v: layer(v.reshape(x.shape)).reshape(-1), x.reshape(-1))
+    return torch.linalg.matrix_norm(jacobian, ord=2).item()
+
+
+@pytest.mark.parametrize("group_name", ["C4", "D4", "C8", "D1"])
+@pytest.mark.parametrize("size", [5, 6])
+@pytest.mark.parametrize("kernel_size", [1, 3, 5])
+def test_lipschitz_conv_is_equivariant_on_odd_and_even_grids(group_name, size, kernel_size, dtype):
+    G = groups.get(group_name)
+    conv = LipschitzConv(G.scalar_fields(2), G.regular_fields(2), kernel_size).to(dtype)
+    x = torch.randn(3, 2, size, size, dtype=dtype)
+    conv(x)
+    checks.assert_equivariant(conv, x, G, out_field_type=conv.out_type)
+    back = LipschitzConv(G.regular_fields(2), G.scalar_fields(1), kernel_size).to(dtype)
+    checks.assert_equivariant(back, conv(x), G, in_field_type=back.in_type)
+
+
+@pytest.mark.parametrize("group_name", ["trivial", "C4", "D4"])
+@pytest.mark.parametrize("coeff", [0.5, 0.98])
+def test_operator_norm_after_power_iteration_is_at_most_coeff(group_name, coeff):
+    G = groups.get(group_name)
+    conv = LipschitzConv(G.scalar_fields(1), G.regular_fields(2), 3, coeff=coeff, bias=False).double()
+    with torch.no_grad():
+        conv.layer.weights.mul_(10)  # make sure the normalisation is active
+    x = torch.randn(1, 1, 6, 6, dtype=torch.float64)
+    conv(x)
+    conv.eval()  # runs n_iterations_eval more iterations
+    assert coeff - 1e-3 < _operator_norm(conv, x) <= coeff * (1 + 1e-3)
+
+
+def test_small_weights_are_left_alone():
+    G = groups.get("C4")
+    conv = LipschitzConv(G.scalar_fields(1), G.scalar_fields(1), 3, coeff=0.9, bias=False).double()
+    with torch.no_grad():
+        conv.layer.weights.mul_(1e-3)
+    x = torch.randn(1, 1, 6, 6, dtype=torch.float64)
+    weight, _ = conv.normalized_weight(x)
+    torch.testing.assert_close(weight, conv.layer.expand_parameters()[0])
+
+
+@pytest.mark.parametrize("group_name", ["trivial", "C4", "D4", "C8"])
+def test_lipschitz_linear_on_points_is_equivariant_for_every_element_and_bounded(group_name, dtype):
+    G = groups.get(group_name)
+    up = LipschitzLinear(point_fields(G), point_regular_fields(G, 3), coeff=0.8, bias=False).to(dtype)
+    with torch.no_grad():
+        up.layer.weights.mul_(10)
+    down = LipschitzLinear(point_regular_fields(G, 3), point_fields(G), coeff=0.8).to(dtype)
+    x = torch.randn(16, 2, dtype=dtype)
+    hidden = up(x)
+    down(hidden)
+    up.eval(), down.eval()
+    hidden_action = lambda h, g: h @ torch.as_tensor(up.out_type.representation(g), dtype=dtype).T  # noqa: E731
+    checks.assert_equivariant(up, x, G, out_action=hidden_action)
+    checks.assert_equivariant(down, hidden, G, in_action=hidden_action)
+    assert _operator_norm(up.double(), x[:1].double()) <= 0.8 * (1 + 1e-3)
+
+
+def test_power_iteration_runs_only_when_the_weights_change():
+    G = groups.get("C4")
+    conv = LipschitzConv(G.scalar_fields(1), G.regular_fields(1), 3, n_iterations_init=1).double()
+    x = torch.randn(2, 1, 6, 6, dtype=torch.float64)
+    conv(x)
+    u = conv.u.clone()
+    conv(x)
+    assert torch.equal(conv.u, u)  # same weights: same normalisation, calls are repeatable
+    optimiser = torch.optim.SGD(conv.parameters(), lr=0.1)
+    conv(x).pow(2).sum().backward()
+    optimiser.step()
+    conv(x)
+    assert not torch.equal(conv.u, u)
+    before = conv.u.clone()
+    update_lipschitz(torch.nn.Sequential(conv), 5)
+    assert not torch.equal(conv.u, before)
+
+
+def test_state_dict_round_trip_keeps_power_iteration_vectors():
+    G = groups.get("D4")
+    conv = LipschitzConv(G.scalar_fields(1), G.regular_fields(1), 3).double()
+    x = torch.randn(2, 1, 7, 7, dtype=torch.float64)
+    conv.eval()
+    y = conv(x)
+    buffer = io.BytesIO()
+    torch.save(conv.state_dict(), buffer)
+    buffer.seek(0)
+    fresh = LipschitzConv(G.scalar_fields(1), G.regular_fields(1), 3).double().eval()
+    fresh.load_state_dict(torch.load(buffer, weights_only=True))
+    assert fresh.v.shape == (1, 1, 7, 7)
+    torch.testing.assert_close(fresh(x), y)
+
+
+def test_bad_inputs_raise_clear_errors():
+    G = groups.get("C4")
+    with pytest.raises(ValueError, match="odd"):
+        LipschitzConv(G.scalar_fields(1), G.regular_fields(1), 2)
+    conv = LipschitzConv(G.scalar_fields(2), G.regular_fields(1), 3)
+    with pytest.raises(ValueError, match="with C = 2"):
+        conv(torch.randn(1, 3, 5, 5))
+    with pytest.raises(ValueError, match=r"\(B, C, H, W\)"):
+        conv(torch.randn(2, 5))
+    with pytest.raises(ValueError, match="not equivariant"):
+        LipSwish(point_fields(G))
+    with pytest.raises(ValueError, match="positive"):
+        hidden_fields(G, 0)
+
+
+@pytest.mark.parametrize("beta", [-3.0, 0.5, 4.0])
+def test_lipswish_is_one_lipschitz_and_commutes_with_permutations(beta):
+    G = groups.get("D4")
+    activation = LipSwish(G.regular_fields(2), beta=beta).double()
+    t = torch.linspace(-20, 20, 20001, dtype=torch.float64).reshape(1, -1, 1).expand(1, -1, 16).clone().requires_grad_(True)
+    (slope,) = torch.autograd.grad(activation(t.transpose(1, 2)).sum(), t)
+    assert slope.abs().max() <= 1.0
+    x = torch.randn(2, 16, 4, 4, dtype=torch.float64)
+    checks.assert_equivariant(activation, x, G, in_field_type=activation.in_type, out_field_type=activation.out_type)
+
+
+@pytest.mark.parametrize("group_name", ["C4", "D4", "C8", "D8"])
+def test_projection_keeps_escnn_filters_and_makes_any_filter_equivariant(group_name):
+    G = groups.get(group_name)
+    conv = LipschitzConv(G.regular_fields(1), G.regular_fields(2), 3).double()
+    weight, _ = conv.layer.expand_parameters()
+    projected = project_to_equivariant(weight, conv.in_type, conv.out_type)
+    assert (projected - weight).abs().max() < 1e-6  # escnn's float32 basis, nothing more
+    random = project_to_equivariant(torch.randn_like(weight), conv.in_type, conv.out_type)
+    torch.testing.assert_close(project_to_equivariant(random, conv.in_type, conv.out_type), random)
+    x = torch.randn(2, conv.in_type.size, 6, 6, dtype=torch.float64)
+    convolve = lambda v: torch.nn.functional.conv2d(v, random, padding=1)  # noqa: E731
+    checks.assert_equivariant(convolve, x, G, in_field_type=conv.in_type, out_field_type=conv.out_type)
+    with pytest.raises(ValueError, match="weight"):
+        project_to_equivariant(weight[:, :1], conv.in_type, conv.out_type)
+
+
+def test_width_rule_matches_parameter_counts_across_groups():
+    counts = {}
+    for name in ("trivial", "C4", "D4", "C8"):
+        G = groups.get(name)
+        fields = hidden_fields(G, 32)
+        conv = LipschitzConv(G.regular_fields(fields), G.regular_fields(fields), 3)
+        counts[name] = sum(p.numel() for p in conv.parameters())
+    for name, count in counts.items():
+        assert 0.5 < count / counts["trivial"] < 2, counts
