@@ -33,7 +33,8 @@ class AutoregressiveAffine(Flow):
 
     Args:
         field_type: escnn ``FieldType`` of the state; at least 2 fields.
-        conditioner: maps the state to ``(s_raw, t)``, one scalar field per field and a ``field_type``
+        conditioner: maps the state (and optionally its ``expanded_weights()``) to ``(s_raw, t)``: one
+            scalar field per field and a ``field_type``
             shift, the outputs of field ``order[k]`` depending only on fields ``order[:k]``
             (:class:`gflows.nn.conditioners.MaskedConditioner`).
         fast: ``"inverse"`` (IAF: one-pass sampling) or ``"forward"`` (MAF: one-pass density).
@@ -55,28 +56,30 @@ class AutoregressiveAffine(Flow):
         field_of_channel = [f for f, rep in enumerate(field_type.representations) for _ in range(rep.size)]
         self.register_buffer("scale_index", torch.as_tensor(field_of_channel))
 
-    def _scale_and_shift(self, v: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        s_raw, t = self.conditioner(v)
+    def _scale_and_shift(self, v: torch.Tensor, weights) -> Tuple[torch.Tensor, torch.Tensor]:
+        s_raw, t = self.conditioner(v, weights)
         s = self.scale.view(1, -1, 1, 1) * torch.tanh(s_raw)
         return s[:, self.scale_index], t
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        weights = self.conditioner.expanded_weights()
         if self.fast == "forward":
-            s, t = self._scale_and_shift(x)
+            s, t = self._scale_and_shift(x, weights)
             z = x * torch.exp(s) + t
         else:
             z = torch.zeros_like(x)
             for _ in range(self.n_fields):  # after pass k, the first k fields of the order are final
-                s, t = self._scale_and_shift(z)
+                s, t = self._scale_and_shift(z, weights)
                 z = x * torch.exp(s) + t
         return z, s.flatten(1).sum(dim=1)
 
     def inverse(self, z: torch.Tensor) -> torch.Tensor:
+        weights = self.conditioner.expanded_weights()
         if self.fast == "inverse":
-            s, t = self._scale_and_shift(z)
+            s, t = self._scale_and_shift(z, weights)
             return (z - t) * torch.exp(-s)
         x = torch.zeros_like(z)
         for _ in range(self.n_fields):
-            s, t = self._scale_and_shift(x)
+            s, t = self._scale_and_shift(x, weights)
             x = (z - t) * torch.exp(-s)
         return x

@@ -52,15 +52,14 @@ def point_flow(G: Group, *, depth: int = 4, width: int = 64, hidden_layers: int 
     standard = point_fields(G)
     space = standard.gspace
     scalars = enn.FieldType(space, [space.trivial_repr])
-    nothing = enn.FieldType(space, [])
     direction_net = dict(hidden_type=point_regular_fields(G, hidden_fields(G, width)), hidden_layers=hidden_layers)
     radius_net = dict(hidden_type=enn.FieldType(space, [space.trivial_repr] * width), hidden_layers=hidden_layers)
     layers = []
     for i in range(depth):
         if i % 2 == 0:
-            layers.append(RadialCoupling(EquivariantConditioner(standard, nothing, 2, **direction_net)))
+            layers.append(RadialCoupling(EquivariantConditioner(standard, None, 2, **direction_net)))
         else:
-            layers.append(AngularCoupling(G, EquivariantConditioner(scalars, nothing, 2 * harmonics + 1, **radius_net), harmonics))
+            layers.append(AngularCoupling(G, EquivariantConditioner(scalars, None, 2 * harmonics + 1, **radius_net), harmonics))
     return Sequential(layers)
 
 

@@ -1,6 +1,6 @@
 """The skeleton shared by the coupling and autoregressive image models.
 
-``ActNorm`` on the C data channels, a 2x2 :class:`~gflows.flows.squeeze.Squeeze` into the irreducible
+``Logit`` (images in [0, 1] to the real line) and ``ActNorm`` on the C data channels, a 2x2 :class:`~gflows.flows.squeeze.Squeeze` into the irreducible
 fields of the corner representation where the group and the size allow it, ``depth`` layers made by
 a factory, and the inverse squeeze, so that the latent has the data's shape and its scalar fields.
 Every piece is equivariant, so the model is, and its density is invariant.
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Callable, Optional, Sequence
 
-from ..flows import ActNorm, Flow, Sequential
+from ..flows import ActNorm, Flow, Logit, Sequential
 from ..flows.squeeze import Squeeze, Unsqueeze
 from ..groups import Group
 
@@ -23,7 +23,7 @@ def can_squeeze(G: Group, data_shape: Sequence[int]) -> bool:
 
 def image_stack(G: Group, data_shape: Sequence[int], depth: int, make_layer: Callable[[object, int], Flow], *,
                 squeeze: Optional[bool] = None) -> Sequential:
-    """``ActNorm -> [Squeeze] -> make_layer(field_type, i) for i < depth -> [Unsqueeze]``.
+    """``Logit -> ActNorm -> [Squeeze] -> make_layer(field_type, i) for i < depth -> [Unsqueeze]``.
 
     Args:
         make_layer: ``(field_type of the state, layer index) -> Flow``.
@@ -35,7 +35,7 @@ def image_stack(G: Group, data_shape: Sequence[int], depth: int, make_layer: Cal
     channels = data_shape[0]
     if squeeze is None:
         squeeze = can_squeeze(G, data_shape)
-    layers = [ActNorm(channels)]
+    layers = [Logit(), ActNorm(channels)]
     field_type = G.scalar_fields(channels)
     if squeeze:
         if data_shape[1] % 2 or data_shape[2] % 2:

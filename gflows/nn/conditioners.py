@@ -17,7 +17,7 @@ it exists only so that the book and the tests can show that it fails.
 
 from __future__ import annotations
 
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -31,10 +31,10 @@ from .masked import MaskedFieldConv
 OUTPUT_INIT_SCALE = 0.1
 
 
-def _with_scales(t_type, n_scales: int):
-    """``t_type`` followed by ``n_scales`` trivial fields: the output type of a conditioner."""
-    trivial = t_type.gspace.trivial_repr
-    return enn.FieldType(t_type.gspace, list(t_type.representations) + [trivial] * n_scales)
+def _with_scales(gspace, t_type, n_scales: int):
+    """``t_type`` (or nothing, if ``None``) followed by ``n_scales`` trivial fields: a conditioner's output type."""
+    shifts = [] if t_type is None else list(t_type.representations)
+    return enn.FieldType(gspace, shifts + [gspace.trivial_repr] * n_scales)
 
 
 def _shrink(layer) -> None:
@@ -57,10 +57,15 @@ class _Conditioner(nn.Module):
         self.t_size = t_size
         _shrink(layers[-1])
 
-    def forward(self, v: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        for layer in self.layers[:-1]:
-            v = F.elu(layer(v))
-        out = self.layers[-1](v)
+    def expanded_weights(self) -> list:
+        """Every layer's ``(weight, bias)``, for calling :meth:`forward` several times with one expansion."""
+        return [layer.weight_and_bias() for layer in self.layers]
+
+    def forward(self, v: torch.Tensor, weights: Optional[list] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        weights = self.expanded_weights() if weights is None else weights
+        for layer, (weight, bias) in zip(self.layers[:-1], weights):
+            v = F.elu(layer.apply_weight(v, weight, bias))
+        out = self.layers[-1].apply_weight(v, *weights[-1])
         return out[:, self.t_size:], out[:, :self.t_size]
 
 
@@ -69,7 +74,8 @@ class EquivariantConditioner(_Conditioner):
 
     Args:
         in_type: field type of the conditioning input.
-        t_type: field type of the shift ``t``; ``n_scales`` scalar fields for ``s_raw``.
+        t_type: field type of the shift ``t`` (``None``: no shift, ``t`` has 0 channels); ``n_scales``
+            scalar fields for ``s_raw``.
         hidden_type: field type of the hidden layers (trivial or regular fields, for the pointwise ELU).
         hidden_layers: number of hidden layers (>= 1).
         kernel_size: of the convolutions (images); ignored for field types on no base space (points).
@@ -77,12 +83,13 @@ class EquivariantConditioner(_Conditioner):
     Equivariant to the group of the field types.
     """
 
-    def __init__(self, in_type, t_type, n_scales: int, hidden_type, *, hidden_layers: int = 1, kernel_size: int = 3) -> None:
+    def __init__(self, in_type, t_type: Optional[object], n_scales: int, hidden_type, *, hidden_layers: int = 1, kernel_size: int = 3) -> None:
         _check_pointwise(hidden_type)
         if hidden_layers < 1:
             raise ValueError(f"hidden_layers must be >= 1, got {hidden_layers}")
-        types = [in_type] + [hidden_type] * hidden_layers + [_with_scales(t_type, n_scales)]
-        super().__init__([equivariant_layer(a, b, kernel_size) for a, b in zip(types[:-1], types[1:])], t_type.size)
+        types = [in_type] + [hidden_type] * hidden_layers + [_with_scales(in_type.gspace, t_type, n_scales)]
+        t_size = 0 if t_type is None else t_type.size
+        super().__init__([equivariant_layer(a, b, kernel_size) for a, b in zip(types[:-1], types[1:])], t_size)
 
 
 def made_degrees(n_fields: int, n_hidden: int) -> List[int]:
@@ -108,7 +115,7 @@ class MaskedConditioner(_Conditioner):
         for k, field in enumerate(order):
             position[field] = k
         hidden_degrees = made_degrees(n, len(hidden_type))
-        out_type = _with_scales(field_type, n)
+        out_type = _with_scales(field_type.gspace, field_type, n)
         types = [(field_type, position)] + [(hidden_type, hidden_degrees)] * hidden_layers + [(out_type, position + position)]
         layers = [
             MaskedFieldConv(a, b, da, db, strict=(i == len(types) - 2), kernel_size=kernel_size)

@@ -44,6 +44,13 @@ class _Expanded(nn.Module):
             weight = project_to_equivariant(weight, self.in_type, self.out_type)
         return weight, bias
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.apply_weight(x, *self.weight_and_bias())
+
+    def apply_weight(self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+        """The layer with a given expanded weight (to expand once and apply several times)."""
+        raise NotImplementedError  # pragma: no cover
+
     def _check(self, x: torch.Tensor, rank: int) -> None:
         if x.dim() != rank or x.shape[1] != self.in_type.size:
             raise ValueError(
@@ -68,9 +75,8 @@ class EquivariantConv(_Expanded):
         super().__init__(enn.R2Conv(in_type, out_type, kernel_size, padding=kernel_size // 2, bias=bias))
         self.padding = kernel_size // 2
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def apply_weight(self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
         self._check(x, 4)
-        weight, bias = self.weight_and_bias()
         return F.conv2d(x, weight, bias, padding=self.padding)
 
 
@@ -81,9 +87,8 @@ class EquivariantLinear(_Expanded):
     def __init__(self, in_type, out_type, *, bias: bool = True) -> None:
         super().__init__(enn.Linear(in_type, out_type, bias=bias))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def apply_weight(self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
         self._check(x, 2)
-        weight, bias = self.weight_and_bias()
         return F.linear(x, weight, bias)
 
 
