@@ -8,6 +8,10 @@ sizes alike. :class:`EquivariantLinear` is escnn's ``Linear`` between field type
 (:func:`~gflows.nn.exact.project_to_equivariant`), which removes the ~1e-8 error of escnn's float32
 basis; in float32 the basis is already exact to round-off.
 
+Every layer owns its sampled basis (``recompute=True``): escnn otherwise shares one basis module
+between all layers with the same field types, and ``.double()`` on one model would change the dtype of
+another model's basis.
+
 >>> import torch
 >>> from gflows import groups, checks
 >>> G = groups.get("D4")
@@ -72,7 +76,7 @@ class EquivariantConv(_Expanded):
     def __init__(self, in_type, out_type, kernel_size: int = 3, *, bias: bool = True) -> None:
         if kernel_size % 2 != 1:
             raise ValueError(f"kernel_size must be odd (an even kernel has no centre pixel), got {kernel_size}")
-        super().__init__(enn.R2Conv(in_type, out_type, kernel_size, padding=kernel_size // 2, bias=bias))
+        super().__init__(enn.R2Conv(in_type, out_type, kernel_size, padding=kernel_size // 2, bias=bias, recompute=True))
         self.padding = kernel_size // 2
 
     def apply_weight(self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
@@ -85,7 +89,7 @@ class EquivariantLinear(_Expanded):
     base space (points of the plane); equivariant to every element of the group."""
 
     def __init__(self, in_type, out_type, *, bias: bool = True) -> None:
-        super().__init__(enn.Linear(in_type, out_type, bias=bias))
+        super().__init__(enn.Linear(in_type, out_type, bias=bias, recompute=True))
 
     def apply_weight(self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
         self._check(x, 2)
