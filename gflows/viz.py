@@ -263,8 +263,8 @@ def plot_flow(model, x: torch.Tensor, G: Group, g: GroupElement, *, mask: Option
     r"""A flow on an image and on its transform: does the latent follow, does :math:`\log p` stay?
 
     Panels: :math:`x`, :math:`g\cdot x`, optionally the split (``mask``, 1 on the transformed pixels
-    B) and the split as :math:`g\cdot x` meets it (:math:`g^{-1}\cdot` mask: where it differs from the
-    mask, the flow treats the moved pixels differently), then :math:`f(x)`, :math:`f(g\cdot x)`,
+    B) and :math:`g\cdot` mask (the flow splits :math:`g\cdot x` by the same mask; an equivariant
+    flow needs :math:`g\cdot` mask = mask), then :math:`f(x)`, :math:`f(g\cdot x)`,
     :math:`g\cdot f(x)` (channel 0). The title prints both log-densities and the equivariance error.
 
     Args:
