@@ -32,8 +32,11 @@ _IMAGE_CMAP = "gray_r"
 _FEATURE_CMAP = "RdBu_r"
 
 
-def _error_title(G: Group, g: GroupElement, error: float) -> str:
-    return f"{G.name}, {G.describe(g)}: max |f(g·x) − g·f(x)| = {error:.1e}"
+def _error_title(G: Group, row: "_Row") -> str:
+    title = f"{G.name}, {G.describe(row.g)}: max |f(g·x) − g·f(x)| = {row.error:.1e}"
+    if row.log_probs is not None:
+        title += "\nlog p(x) = {:.6f},  log p(g·x) = {:.6f}".format(*row.log_probs)
+    return title
 
 
 def _grid_shape(n: int) -> tuple:
@@ -69,11 +72,12 @@ class _Row(NamedTuple):
     features: Tuple[np.ndarray, np.ndarray, np.ndarray]
     channels: List[int]
     error: float
+    log_probs: Optional[Tuple[float, float]]
 
 
 @torch.no_grad()
 def _measure_row(f: Callable, x: torch.Tensor, G: Group, g: GroupElement, out_field_type,
-                 channels: Optional[Sequence[int]]) -> _Row:
+                 channels: Optional[Sequence[int]], log_prob: Optional[Callable] = None) -> _Row:
     gx = G.act_image(x, g)
     fx, fgx = f(x), f(gx)
     if not torch.is_tensor(fx) or fx.dim() != 4:
@@ -82,8 +86,9 @@ def _measure_row(f: Callable, x: torch.Tensor, G: Group, g: GroupElement, out_fi
     error = float((fgx.to(torch.float64) - gfx.to(torch.float64)).abs().max())
     channels = list(range(min(fx.shape[1], 4))) if channels is None else list(channels)
     in_channels = list(range(min(x.shape[1], 4)))
+    log_probs = None if log_prob is None else (float(log_prob(x)[0]), float(log_prob(gx)[0]))
     return _Row(g, tuple(_mosaic(t[0], in_channels) for t in (x, gx)),
-                tuple(_mosaic(t[0], channels) for t in (fx, fgx, gfx)), channels, error)
+                tuple(_mosaic(t[0], channels) for t in (fx, fgx, gfx)), channels, error, log_probs)
 
 
 def _draw_row(container, row: _Row, G: Group) -> None:
@@ -97,7 +102,7 @@ def _draw_row(container, row: _Row, G: Group) -> None:
     label = f"ch. {row.channels[0]}" if len(row.channels) == 1 else f"ch. {row.channels[0]}..{row.channels[-1]}"
     for ax, title, image in zip(axes[2:], PANELS[2:], row.features):
         _show(ax, image, f"{title}, {label}", _FEATURE_CMAP, -limit, limit)
-    container.suptitle(_error_title(G, row.g, row.error), fontsize=10)
+    container.suptitle(_error_title(G, row), fontsize=10)
 
 
 def _row_size(row: _Row) -> Tuple[float, float]:
@@ -105,7 +110,7 @@ def _row_size(row: _Row) -> Tuple[float, float]:
     height = max(m.shape[0] for m in row.images + row.features)
     tiles_high = max(1.0, height / (row.images[0].shape[0] + 1))
     width = sum(m.shape[1] / m.shape[0] for m in row.images + row.features)
-    return _TILE * tiles_high * width + 0.4, _TILE * tiles_high + 0.7
+    return _TILE * tiles_high * width + 0.4, _TILE * tiles_high + (1.0 if row.log_probs else 0.7)
 
 
 def _check_single_image(x: torch.Tensor) -> None:
@@ -115,7 +120,8 @@ def _check_single_image(x: torch.Tensor) -> None:
 
 
 def plot_equivariance(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, G: Group, g: GroupElement, *,
-                      out_field_type=None, channels: Optional[Sequence[int]] = None) -> Figure:
+                      out_field_type=None, channels: Optional[Sequence[int]] = None,
+                      log_prob: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> Figure:
     r"""One row of five panels showing whether ``f`` commutes with the action of ``g``.
 
     Panels: :math:`x`, :math:`g\cdot x`, :math:`f(x)`, :math:`f(g\cdot x)`, :math:`g\cdot f(x)`; the
@@ -131,11 +137,13 @@ def plot_equivariance(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor
         out_field_type: escnn ``FieldType`` of the ``C'`` output channels (e.g. ``G.regular_fields(n)``);
             ``None`` means scalar fields, i.e. ``g`` only moves pixels.
         channels: which output channels to show (default: the first four).
+        log_prob: optional density model ``(B, C, H, W) -> (B,)``; the title then also prints
+            :math:`\log p(x)` and :math:`\log p(g\cdot x)`, which an invariant density keeps equal.
     Returns:
         A ``matplotlib.figure.Figure`` with five axes (not shown, not registered with pyplot).
     """
     _check_single_image(x)
-    row = _measure_row(f, x, G, g, out_field_type, channels)
+    row = _measure_row(f, x, G, g, out_field_type, channels, log_prob)
     fig = Figure(figsize=_row_size(row), layout="constrained")
     _draw_row(fig, row, G)
     return fig
@@ -143,7 +151,8 @@ def plot_equivariance(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor
 
 def equivariance_grid(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, G: Group, *,
                       elements: Optional[Sequence[GroupElement]] = None, out_field_type=None,
-                      channels: Optional[Sequence[int]] = None) -> Figure:
+                      channels: Optional[Sequence[int]] = None,
+                      log_prob: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> Figure:
     """:func:`plot_equivariance` for several elements, one row each: the static twin of the widget.
 
     Args:
@@ -153,7 +162,7 @@ def equivariance_grid(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor
     """
     _check_single_image(x)
     elements = list(G.exact_elements() if elements is None else elements)
-    rows = [_measure_row(f, x, G, g, out_field_type, channels) for g in elements]
+    rows = [_measure_row(f, x, G, g, out_field_type, channels, log_prob) for g in elements]
     width, height = _row_size(rows[0])
     fig = Figure(figsize=(width, height * len(rows)), layout="constrained")
     for container, row in zip(fig.subfigures(len(rows), 1, squeeze=False)[:, 0], rows):

@@ -57,7 +57,8 @@ def equivariance_explorer(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Te
         f, x, G: as in :func:`gflows.viz.plot_equivariance` (``x`` is one image ``(1, C, H, W)``).
         elements: the slider's stops, default ``G.elements()`` (including interpolated rotations,
             whose error the title then shows); labelled by ``G.describe``.
-        **kwargs: passed to :func:`gflows.viz.plot_equivariance` (``out_field_type``, ``channels``).
+        **kwargs: passed to :func:`gflows.viz.plot_equivariance` (``out_field_type``, ``channels``,
+            ``log_prob``).
     Returns:
         ``VBox([slider, output])``; ``.children[0]`` is the ``SelectionSlider`` (its value is the
         element's position in ``elements``), ``.children[1]`` the ``Output`` holding the figure.

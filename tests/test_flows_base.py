@@ -13,9 +13,11 @@ import torch
 
 from gflows import checks, groups
 from gflows._escnn import enn
-from gflows.flows import ActNorm, FlowModel, Logit, Sequential, dequantize, standard_normal_log_prob
+from gflows.flows import ActNorm, FlowModel, Logit, ResidualBlock, Sequential, dequantize, standard_normal_log_prob
 from gflows.flows.autoregressive import AutoregressiveAffine
 from gflows.flows.coupling import AffineCoupling, AngularCoupling, FieldSplit, RadialCoupling
+from gflows.flows.logdet import Exact
+from gflows.models.residual import image_branch, point_branch
 from gflows.nn import point_fields, point_regular_fields
 from gflows.nn.conditioners import EquivariantConditioner, MaskedConditioner
 
@@ -56,6 +58,18 @@ LAYERS = {
     "maf-fields": (lambda: _autoregressive("D4", 3, "forward"), lambda: torch.randn(3, 3, 4, 4), "D4", None),
     "coupling-radial": (lambda: _radial("C8"), lambda: torch.randn(16, 2) * 2, "C8", None),
     "coupling-angular": (lambda: _angular("D8"), lambda: torch.randn(16, 2) * 2, "D8", None),
+    "residual-image": (
+        lambda: ResidualBlock(image_branch(groups.get("D4"), 2, 2, coeff=0.7), train_estimator=Exact(), eval_estimator=Exact()),
+        lambda: torch.randn(3, 2, 5, 5),
+        "D4",
+        None,
+    ),
+    "residual-points": (
+        lambda: ResidualBlock(point_branch(groups.get("C8"), 2, coeff=0.7), train_estimator=Exact(), eval_estimator=Exact()),
+        lambda: torch.randn(8, 2),
+        "C8",
+        None,
+    ),
 }
 
 

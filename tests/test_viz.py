@@ -124,3 +124,16 @@ def test_plot_flow_and_its_widget_show_latents_log_p_and_the_split(D4):
     slider, output = explorer.children
     slider.value = 3
     assert output.outputs[0]["data"]["image/png"]
+
+
+def test_titles_print_log_p_of_x_and_of_its_image(D4, steerable, image):
+    f, out_type = steerable
+    invariant = lambda v: v.double().pow(2).flatten(1).sum(1)  # noqa: E731
+    shifted = lambda v: v.flatten(1)[:, :1].sum(1)  # noqa: E731  (a pixel value: not invariant)
+    values = re.compile(r"log p\(x\) = ([0-9.e+-]+),  log p\(g·x\) = ([0-9.e+-]+)")
+    rotation = D4.elements()[1]
+    same = values.search(viz.plot_equivariance(f, image, D4, rotation, out_field_type=out_type, log_prob=invariant).get_suptitle())
+    assert same.group(1) == same.group(2)
+    fig = viz.equivariance_grid(f, image, D4, out_field_type=out_type, log_prob=shifted)
+    pairs = [values.search(sub.get_suptitle()).groups() for sub in fig.subfigs]
+    assert any(a != b for a, b in pairs)

@@ -56,14 +56,19 @@ def _evaluate(g: Residual, x: torch.Tensor, logdet_of: Callable) -> Tuple[torch.
     return gx, logdet
 
 
-def jacobian_logdet(gx: torch.Tensor, x: torch.Tensor, create_graph: bool) -> torch.Tensor:
-    """:math:`\\log|\\det(I + J)|` per sample from the full Jacobian of ``gx`` w.r.t. ``x``: ``(B,)``."""
+def jacobian_logdet(g: Residual, x: torch.Tensor, create_graph: bool) -> torch.Tensor:
+    """:math:`\log|\det(I + J_g(x))|` per sample from the full Jacobian, ``(B,)``.
+
+    The Jacobian comes from one backward pass through a batch of D copies of each sample (row i of
+    J_g is the gradient of output i), so g must not mix samples; ``slogdet`` runs in float64.
+    """
     batch, dim = x.shape[0], x[0].numel()
-    basis = torch.eye(dim, dtype=x.dtype, device=x.device).reshape(dim, 1, *x.shape[1:]).expand(dim, *x.shape)
-    rows = torch.autograd.grad(gx, x, basis, is_grads_batched=True, create_graph=create_graph, retain_graph=True)[0]
-    jacobian = rows.reshape(dim, batch, dim).transpose(0, 1)
-    identity = torch.eye(dim, dtype=x.dtype, device=x.device)
-    return torch.linalg.slogdet(identity + jacobian).logabsdet
+    copies = x.repeat_interleave(dim, dim=0)
+    basis = torch.eye(dim, dtype=x.dtype, device=x.device).repeat(batch, 1).reshape(copies.shape)
+    rows = torch.autograd.grad(g(copies), copies, basis, create_graph=create_graph)[0]
+    jacobian = rows.reshape(batch, dim, dim).to(torch.float64)
+    identity = torch.eye(dim, dtype=torch.float64, device=x.device)
+    return torch.linalg.slogdet(identity + jacobian).logabsdet.to(x.dtype)
 
 
 def series_logdet(
@@ -120,7 +125,7 @@ class Exact:
     def __call__(self, g: Residual, x: torch.Tensor, probe: Optional[torch.Tensor] = None):
         if x[0].numel() > self.max_dim:
             raise ValueError(f"Exact log-det builds a {x[0].numel()}^2 Jacobian per sample; max_dim is {self.max_dim}")
-        return _evaluate(g, x, jacobian_logdet)
+        return _evaluate(g, x, lambda gx, xi, create_graph: jacobian_logdet(g, xi, create_graph))
 
 
 @dataclass(frozen=True)

@@ -52,11 +52,12 @@ def project_to_equivariant(weight: torch.Tensor, in_type, out_type) -> torch.Ten
     set of elements up to round-off in ``weight``'s dtype."""
     if weight.dim() not in (2, 4) or weight.shape[:2] != (out_type.size, in_type.size):
         raise ValueError(f"expected an ({out_type.size}, {in_type.size}[, k, k]) weight, got {tuple(weight.shape)}")
-    terms = _averaging_terms(in_type, out_type, weight.dim() == 4)
-    total = torch.zeros_like(weight)
-    for a, rho_out, rho_in_inverse in terms:
-        moved = move_pixels(weight, a) if a is not None else weight
-        rho_out = torch.as_tensor(rho_out, dtype=weight.dtype, device=weight.device)
-        rho_in_inverse = torch.as_tensor(rho_in_inverse, dtype=weight.dtype, device=weight.device)
-        total = total + torch.einsum("oa,ab...,bi->oi...", rho_out, moved, rho_in_inverse)
-    return total / len(terms)
+    on_grid = weight.dim() == 4
+    terms = _averaging_terms(in_type, out_type, on_grid)
+    rho_out = torch.as_tensor(np.stack([t[1] for t in terms]), dtype=weight.dtype, device=weight.device)
+    rho_in_inverse = torch.as_tensor(np.stack([t[2] for t in terms]), dtype=weight.dtype, device=weight.device)
+    if on_grid:  # (n, k, k, O, I): one matrix product per group element and kernel position
+        moved = torch.stack([move_pixels(weight, a) for a, _, _ in terms]).permute(0, 3, 4, 1, 2)
+        averaged = (rho_out[:, None, None] @ moved @ rho_in_inverse[:, None, None]).mean(dim=0)
+        return averaged.permute(2, 3, 0, 1)
+    return (rho_out @ weight @ rho_in_inverse).mean(dim=0)

@@ -1,0 +1,26 @@
+"""Benchmark scripts run in their quick mode and write the JSON their README promises."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_residual_speed_quick_run_writes_a_comparison_with_the_twin(tmp_path):
+    out = tmp_path / "residual.json"
+    _load("residual_speed").main(["--quick", "--groups", "trivial,C4", "--out", str(out)])
+    document = json.loads(out.read_text())
+    groups = {r["group"]: r for r in document["results"]}
+    assert set(groups) == {"trivial", "C4"} and document["machine"]["torch"]
+    for result in groups.values():
+        assert result["images_per_s"] > 0 and result["peak_memory_mb"] > 0 and result["parameters"] > 0
+        assert result["z_equivariance_error"] < 1e-5
+    assert groups["trivial"]["throughput_vs_twin"] == 1.0
