@@ -97,8 +97,12 @@ def _run_and_send(connection, function: Callable, arguments: tuple) -> None:
 
 
 def in_child(function: Callable, *arguments):
-    """Run ``function(*arguments)`` in a fresh process (so peak memory is its own) and return its result."""
-    context = multiprocessing.get_context("fork")
+    """Run ``function(*arguments)`` in a fresh process (so peak memory is its own) and return its result.
+
+    The process is spawned, not forked: a child forked from a process whose OpenMP thread pool has
+    run (any earlier torch work, e.g. other tests) can deadlock.
+    """
+    context = multiprocessing.get_context("spawn")
     receiver, sender = context.Pipe(duplex=False)
     process = context.Process(target=_run_and_send, args=(sender, function, arguments))
     process.start()

@@ -131,3 +131,12 @@ def test_realnvp_baseline_is_the_same_code_with_the_trivial_group():
     assert checks.inverse_error(model, x) < 1e-10
     with pytest.raises(ValueError, match="complement"):
         models.build("coupling", group="D4", data_shape=(1, 8, 8), split="checkerboard").log_prob(x.float())
+
+
+@pytest.mark.parametrize("kind", ["coupling", "iaf"])
+def test_build_accepts_the_documented_shapes_and_double(kind):
+    for shape in [(1, 8, 8), (3, 8, 8), (2,)]:
+        model = models.build(kind, group="D4", data_shape=shape, depth=2, width=8).double()
+        x = torch.rand(2, *shape, dtype=torch.float64) if len(shape) == 3 else torch.randn(2, 2, dtype=torch.float64)
+        z, logdet = model(x)
+        assert z.shape == x.shape and logdet.shape == (2,) and model.sample(3).shape == (3, *shape)
