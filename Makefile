@@ -6,6 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip install --quiet --disable-pip-version-check
 STAMP  := $(VENV)/.installed
+VENDOR := _build/vendor
 
 .PHONY: test book setup clean
 
@@ -23,6 +24,7 @@ test: $(STAMP)
 	GFLOWS_PROFILE=quick $(PY) -m pytest
 
 book: $(STAMP)
+	$(PY) book/_tools/vendor.py $(VENDOR)   # MathJax & co. from npm, served by the book itself
 	$(VENV)/bin/jupyter-book build --all --warningiserror --keep-going .
 	@echo "book written to _build/html/index.html"
 

@@ -1,11 +1,14 @@
 """Shared pytest options: ``--device`` (cpu, or cuda where a GPU is lent) and ``--dtype``.
 
 Property tests default to float64, where equivariance holds to ~1e-12 and a failure cannot hide
-behind round-off; run with ``--dtype float32`` to see the float32 margins.
+behind round-off; run with ``--dtype float32`` to see the float32 margins. ``built_book`` is the
+built HTML book, for the tests that read it (they skip where it is not built).
 """
 
 import pytest
 import torch
+
+import book_pages
 
 
 def pytest_addoption(parser):
@@ -26,3 +29,11 @@ def dtype(request) -> torch.dtype:
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def built_book():
+    """The folder of the built HTML book, ``_build/html``."""
+    if not (book_pages.HTML / "index.html").exists():
+        book_pages.unavailable("the HTML book is not built: run `make book` first")
+    return book_pages.HTML

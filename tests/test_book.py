@@ -3,40 +3,24 @@
 (nbval executes every notebook separately: pytest collects ``book/*.ipynb`` with ``--nbval-lax``.)
 """
 
-import importlib.util
-import pathlib
 import re
 
 import nbformat
 import pytest
 import yaml
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("setup_cell", ROOT / "book" / "_tools" / "setup_cell.py")
-setup_cell = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(setup_cell)
+import book_pages
+
+ROOT = book_pages.ROOT
+setup_cell = book_pages.tool("setup_cell")
 
 NOTEBOOKS = setup_cell.notebooks()
 CONFIG = yaml.safe_load((ROOT / "_config.yml").read_text())
 
 
-def _toc_files(node) -> list:
-    files = []
-    if isinstance(node, dict):
-        files += [node["file"]] if "file" in node else []
-        for value in node.values():
-            files += _toc_files(value)
-    elif isinstance(node, list):
-        for item in node:
-            files += _toc_files(item)
-    return files
-
-
 def _toc_paths() -> set:
-    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
-    names = [toc["root"]] + _toc_files(toc.get("parts", toc.get("chapters", [])))
     paths = set()
-    for name in names:
+    for name in book_pages.documents():
         matches = [ROOT / f"{name}{suffix}" for suffix in (".md", ".ipynb") if (ROOT / f"{name}{suffix}").exists()]
         assert matches, f"_toc.yml lists {name}, which does not exist"
         paths.update(matches)

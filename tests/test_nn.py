@@ -159,3 +159,15 @@ def test_width_rule_matches_parameter_counts_across_groups():
         counts[name] = sum(p.numel() for p in conv.parameters())
     for name, count in counts.items():
         assert 0.5 < count / counts["trivial"] < 2, counts
+
+
+def test_layers_do_not_share_escnn_buffers_between_models():
+    """escnn caches basis-expansion modules; converting one model must not convert another."""
+    G = groups.get("D4")
+    first = LipschitzConv(G.scalar_fields(1), G.regular_fields(1), 3)
+    second = LipschitzConv(G.scalar_fields(1), G.regular_fields(1), 3)
+    linear_first = LipschitzLinear(point_fields(G), point_regular_fields(G, 1))
+    linear_second = LipschitzLinear(point_fields(G), point_regular_fields(G, 1))
+    first.double(), linear_first.double()
+    assert second(torch.randn(1, 1, 5, 5)).dtype == torch.float32
+    assert linear_second(torch.randn(2, 2)).dtype == torch.float32

@@ -2,7 +2,8 @@
 
 The repository address lives in one place, ``_config.yml`` (``repository.url``). This script renders
 the cell from it and writes it into every notebook; ``tests/test_book.py`` fails when a notebook's
-cell has drifted. After editing ``_config.yml`` run::
+cell has drifted, and ``tests/test_setup_cell.py`` runs it in a Colab-like virtual environment.
+After editing ``_config.yml`` or the cell, run::
 
     python book/_tools/setup_cell.py
 """
@@ -22,6 +23,7 @@ TEMPLATE = '''\
 # gflows setup cell: installs gflows where it is missing (e.g. on Colab); does nothing elsewhere.
 # escnn goes in without its Fortran-only dependency py3nj; lie_learn needs numpy<2. On Colab, which
 # ships numpy 2, the runtime restarts itself once after installing: then run the notebook again.
+# On a GPU runtime gflows.runtime.profile() is "full" by itself (GFLOWS_PROFILE=quick|full overrides).
 import importlib.util, os, subprocess, sys
 if importlib.util.find_spec("gflows") is None:
     from importlib.metadata import version

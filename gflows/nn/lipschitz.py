@@ -154,7 +154,9 @@ class LipschitzConv(_NormBounded):
         coeff: bound on the operator 2-norm (Lipschitz constant), e.g. 0.98.
         n_iterations_train / n_iterations_eval / n_iterations_init: power iterations per training
             step, on ``.eval()``, and from fresh vectors.
-        **conv_kwargs: passed to ``R2Conv`` (e.g. ``bias=False``).
+        **conv_kwargs: passed to ``R2Conv`` (e.g. ``bias=False``). ``recompute`` defaults to True: by
+            default escnn shares one basis-expansion module (with its buffers) between all layers of
+            the same type, so ``.double()`` or ``.cuda()`` on one model would change the others.
     Shapes: ``(B, in_type.size, H, W) -> (B, out_type.size, H, W)``. Equivariant to the group of the
     field types; Lip <= coeff once power iteration has converged.
     """
@@ -175,6 +177,7 @@ class LipschitzConv(_NormBounded):
     ) -> None:
         if kernel_size % 2 != 1:
             raise ValueError(f"kernel_size must be odd (an even kernel has no centre pixel), got {kernel_size}")
+        conv_kwargs.setdefault("recompute", True)  # escnn otherwise shares basis buffers between layers
         layer = enn.R2Conv(in_type, out_type, kernel_size, padding=kernel_size // 2, **conv_kwargs)
         super().__init__(layer, coeff, n_iterations_train, n_iterations_eval, n_iterations_init)
         self.padding = kernel_size // 2
@@ -210,6 +213,7 @@ class LipschitzLinear(_NormBounded):
         n_iterations_init: int = 200,
         **linear_kwargs,
     ) -> None:
+        linear_kwargs.setdefault("recompute", True)
         layer = enn.Linear(in_type, out_type, **linear_kwargs)
         super().__init__(layer, coeff, n_iterations_train, n_iterations_eval, n_iterations_init)
 

@@ -1,0 +1,70 @@
+"""The built HTML book, read as files: every local link resolves, and nothing is loaded from the web.
+
+(``tests/test_book_browser.py`` checks the same pages in a real browser.) Skips unless ``make book``
+has built ``_build/html``.
+"""
+
+from __future__ import annotations
+
+import html.parser
+import pathlib
+import urllib.parse
+
+import pytest
+
+# (tag, attribute) pairs whose URL the browser loads by itself, as opposed to links a reader follows.
+LOADED = {("script", "src"), ("img", "src"), ("iframe", "src"), ("source", "src"), ("video", "src"), ("link", "href")}
+LINK_RELS_NOT_LOADED = {"canonical", "alternate"}
+
+
+class Page(html.parser.HTMLParser):
+    """The ids of a page and the URLs of its ``href``/``src`` attributes, with whether each is loaded."""
+
+    def __init__(self, text: str):
+        super().__init__()
+        self.ids: set[str] = set()
+        self.urls: list[tuple[str, bool]] = []
+        self.feed(text)
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        self.ids.update(attrs[key] for key in ("id", "name") if attrs.get(key))
+        for key in ("href", "src"):
+            if attrs.get(key) is not None:
+                loaded = (tag, key) in LOADED and attrs.get("rel") not in LINK_RELS_NOT_LOADED
+                self.urls.append((attrs[key], loaded))
+
+
+def _pages(root: pathlib.Path) -> dict[pathlib.Path, Page]:
+    """Every page of the book (not the theme's template snippets in ``_static``), parsed."""
+    paths = sorted(path for path in root.rglob("*.html") if "_static" not in path.relative_to(root).parts)
+    return {path: Page(path.read_text(encoding="utf-8")) for path in paths}
+
+
+@pytest.fixture(scope="module")
+def pages(built_book) -> dict[pathlib.Path, Page]:
+    return _pages(built_book)
+
+
+def test_every_local_link_and_anchor_resolves(built_book, pages):
+    broken = []
+    for path, page in pages.items():
+        for url, _ in page.urls:
+            parts = urllib.parse.urlsplit(url)
+            if parts.scheme or parts.netloc or url == "#":
+                continue  # a link to another site (or mailto:, data:), or the "#" of a button
+            target = (path.parent / urllib.parse.unquote(parts.path)).resolve() if parts.path else path
+            if target.is_dir():
+                target = target / "index.html"
+            if not target.exists():
+                broken.append(f"{path.relative_to(built_book)}: {url} (no such file)")
+            elif parts.fragment and target.suffix == ".html" and target in pages:
+                if urllib.parse.unquote(parts.fragment) not in pages[target].ids:
+                    broken.append(f"{path.relative_to(built_book)}: {url} (no such anchor)")
+    assert not broken, "broken internal links:\n" + "\n".join(broken)
+
+
+def test_pages_load_nothing_from_other_hosts(built_book, pages):
+    remote = sorted({f"{path.relative_to(built_book)}: {url}" for path, page in pages.items()
+                     for url, loaded in page.urls if loaded and urllib.parse.urlsplit(url).netloc})
+    assert not remote, "pages that need the network to display:\n" + "\n".join(remote)
