@@ -111,6 +111,25 @@ def in_child(function: Callable, *arguments):
     return result
 
 
+def run(kinds: List[str], description: str, argv=None) -> Dict[str, object]:
+    """The whole benchmark: parse the options, measure every (kind, shape, group), :func:`report`.
+
+    ``--quick`` shrinks everything to seconds on a CPU; on a CPU each configuration runs in its own
+    process (:func:`in_child`).
+    """
+    args = parser(description).parse_args(argv)
+    if args.quick:
+        args.batch, args.steps, args.depth, args.width, args.shapes = 4, 1, 2, 8, "1x8x8"
+    shapes = [[int(n) for n in shape.split("x")] for shape in args.shapes.split(",")]
+    results = [
+        in_child(measure, kind, group, shape, args) if args.device == "cpu" else measure(kind, group, shape, args)
+        for kind in kinds
+        for shape in shapes
+        for group in args.groups.split(",")
+    ]
+    return report(results, args)
+
+
 def report(results: List[Dict[str, object]], args: argparse.Namespace, baseline_key: str = "trivial") -> Dict[str, object]:
     """Print a table with each model's throughput relative to its twin, and write JSON if asked."""
     twins = {(r["kind"], r["shape"]): r for r in results if r["group"] == baseline_key}
