@@ -97,14 +97,37 @@ def _run_and_send(connection, function: Callable, arguments: tuple) -> None:
 
 
 def in_child(function: Callable, *arguments):
-    """Run ``function(*arguments)`` in a fresh process (so peak memory is its own) and return its result."""
-    context = multiprocessing.get_context("fork")
+    """Run ``function(*arguments)`` in a fresh process (so peak memory is its own) and return its result.
+
+    The process is spawned, not forked: a child forked from a process whose OpenMP thread pool has
+    run (any earlier torch work, e.g. other tests) can deadlock.
+    """
+    context = multiprocessing.get_context("spawn")
     receiver, sender = context.Pipe(duplex=False)
     process = context.Process(target=_run_and_send, args=(sender, function, arguments))
     process.start()
     result = receiver.recv()
     process.join()
     return result
+
+
+def run(kinds: List[str], description: str, argv=None) -> Dict[str, object]:
+    """The whole benchmark: parse the options, measure every (kind, shape, group), :func:`report`.
+
+    ``--quick`` shrinks everything to seconds on a CPU; on a CPU each configuration runs in its own
+    process (:func:`in_child`).
+    """
+    args = parser(description).parse_args(argv)
+    if args.quick:
+        args.batch, args.steps, args.depth, args.width, args.shapes = 4, 1, 2, 8, "1x8x8"
+    shapes = [[int(n) for n in shape.split("x")] for shape in args.shapes.split(",")]
+    results = [
+        in_child(measure, kind, group, shape, args) if args.device == "cpu" else measure(kind, group, shape, args)
+        for kind in kinds
+        for shape in shapes
+        for group in args.groups.split(",")
+    ]
+    return report(results, args)
 
 
 def report(results: List[Dict[str, object]], args: argparse.Namespace, baseline_key: str = "trivial") -> Dict[str, object]:

@@ -14,20 +14,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import in_child, measure, parser, report  # noqa: E402
+from common import run  # noqa: E402
 
 
 def main(argv=None):
-    args = parser(__doc__.splitlines()[0]).parse_args(argv)
-    if args.quick:
-        args.batch, args.steps, args.depth, args.width, args.shapes = 4, 1, 2, 8, "1x8x8"
-    shapes = [[int(n) for n in shape.split("x")] for shape in args.shapes.split(",")]
-    results = [
-        in_child(measure, "residual", group, shape, args) if args.device == "cpu" else measure("residual", group, shape, args)
-        for shape in shapes
-        for group in args.groups.split(",")
-    ]
-    return report(results, args)
+    return run(["residual"], __doc__.splitlines()[0], argv)
 
 
 if __name__ == "__main__":

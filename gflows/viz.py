@@ -8,7 +8,9 @@ same code.
 * :func:`plot_equivariance`: one group element, the five panels :math:`x`, :math:`g\cdot x`,
   :math:`f(x)`, :math:`f(g\cdot x)`, :math:`g\cdot f(x)` and the measured error;
 * :func:`equivariance_grid`: the same row for every element (the static twin of the widget);
-* :func:`plot_orbit_points`: orbits of points of the plane, optionally over a density.
+* :func:`plot_orbit_points`: orbits of points of the plane, optionally over a density;
+* :func:`plot_flow`: a flow on :math:`x` and on :math:`g\cdot x`: the split it uses, the latents and
+  :math:`\log p`; :func:`flow_grid` is its static twin over the group.
 """
 
 from __future__ import annotations
@@ -234,3 +236,65 @@ def _root_figure(ax: Axes) -> Figure:
 
 def _element_colour(i: int, n: int):
     return colormaps["tab20" if n > 10 else "tab10"](i % 20)
+
+
+#: Column titles of :func:`plot_flow` (the two partition panels only with ``mask``).
+FLOW_PANELS = ("x", "g·x", "split: B pixels", "g·split", "z = f(x)", "f(g·x)", "g·f(x)")
+
+
+@torch.no_grad()
+def _flow_row(container, model, x: torch.Tensor, G: Group, g: GroupElement, mask: Optional[torch.Tensor]) -> None:
+    gx = G.act_image(x, g)
+    z, z_moved = model(x)[0], model(gx)[0]
+    g_z = G.act_image(z, g)
+    log_p, log_p_moved = float(model.log_prob(x)[0]), float(model.log_prob(gx)[0])
+    error = float((z_moved.to(torch.float64) - g_z.to(torch.float64)).abs().max())
+    panels = [(x, _IMAGE_CMAP), (gx, _IMAGE_CMAP)]
+    titles = list(FLOW_PANELS[:2])
+    if mask is not None:  # the flow splits g·x by the same mask; it should have been moved along (g·mask)
+        panels += [(mask, "Greys"), (G.act_image(mask, g), "Greys")]
+        titles += list(FLOW_PANELS[2:4])
+    panels += [(z, _FEATURE_CMAP), (z_moved, _FEATURE_CMAP), (g_z, _FEATURE_CMAP)]
+    titles += list(FLOW_PANELS[4:])
+    axes = container.subplots(1, len(panels))
+    limit = max(float(t.abs().max()) for t in (z, z_moved, g_z)) or 1.0
+    for ax, (t, cmap), title in zip(axes, panels, titles):
+        image = t[0, 0].detach().to(torch.float64).cpu().numpy()
+        low, high = (-limit, limit) if cmap == _FEATURE_CMAP else (min(0.0, float(image.min())), max(1.0, float(image.max())))
+        _show(ax, image, title, cmap, low, high)
+    container.suptitle(
+        f"{G.name}, {G.describe(g)}: log p(x) = {log_p:.2f}, log p(g·x) = {log_p_moved:.2f}; "
+        f"max |f(g·x) − g·f(x)| = {error:.1e}", fontsize=10,
+    )
+
+
+def plot_flow(model, x: torch.Tensor, G: Group, g: GroupElement, *, mask: Optional[torch.Tensor] = None) -> Figure:
+    r"""A flow on an image and on its transform: does the latent follow, does :math:`\log p` stay?
+
+    Panels: :math:`x`, :math:`g\cdot x`, optionally the split (``mask``, 1 on the transformed pixels
+    B) and :math:`g\cdot` mask (the flow splits :math:`g\cdot x` by the same mask; an equivariant
+    flow needs :math:`g\cdot` mask = mask), then :math:`f(x)`, :math:`f(g\cdot x)`,
+    :math:`g\cdot f(x)` (channel 0). The title prints both log-densities and the equivariance error.
+
+    Args:
+        model: a :class:`~gflows.flows.FlowModel` of images (called under ``torch.no_grad()``).
+        x: one image ``(1, C, H, W)``; ``mask``: ``(1, 1, H, W)`` or ``None``.
+    """
+    _check_single_image(x)
+    n = len(FLOW_PANELS) - (0 if mask is not None else 2)
+    fig = Figure(figsize=(1.45 * n + 0.4, 2.1), layout="constrained")
+    _flow_row(fig, model, x, G, g, mask)
+    return fig
+
+
+def flow_grid(model, x: torch.Tensor, G: Group, *, elements: Optional[Sequence[GroupElement]] = None,
+              mask: Optional[torch.Tensor] = None) -> Figure:
+    """:func:`plot_flow` for several elements (default ``G.exact_elements()``), one row each: the static
+    twin of :func:`gflows.widgets.flow_explorer`."""
+    _check_single_image(x)
+    elements = list(G.exact_elements() if elements is None else elements)
+    n = len(FLOW_PANELS) - (0 if mask is not None else 2)
+    fig = Figure(figsize=(1.45 * n + 0.4, 2.1 * len(elements)), layout="constrained")
+    for container, g in zip(fig.subfigures(len(elements), 1, squeeze=False)[:, 0], elements):
+        _flow_row(container, model, x, G, g, mask)
+    return fig

@@ -32,6 +32,23 @@ def _display_data(fig) -> dict:
     }
 
 
+def _element_slider(G: Group, elements: Sequence[GroupElement], draw: Callable[[GroupElement], object]) -> ipywidgets.VBox:
+    """A ``SelectionSlider`` over ``elements`` (labelled by ``G.describe``) and an ``Output`` showing ``draw(g)``."""
+    slider = ipywidgets.SelectionSlider(
+        options=[(G.describe(g), i) for i, g in enumerate(elements)], value=0, description="g =",
+        continuous_update=False, layout=ipywidgets.Layout(width="420px"),
+        style={"description_width": "initial"},
+    )
+    output = ipywidgets.Output()
+
+    def redraw(change=None) -> None:
+        output.outputs = (_display_data(draw(elements[slider.value])),)
+
+    slider.observe(redraw, names="value")
+    redraw()
+    return ipywidgets.VBox([slider, output])
+
+
 def equivariance_explorer(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, G: Group, *,
                           elements: Optional[Sequence[GroupElement]] = None, **kwargs) -> ipywidgets.VBox:
     """A slider over group elements that redraws :func:`gflows.viz.plot_equivariance` for the chosen one.
@@ -47,17 +64,13 @@ def equivariance_explorer(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Te
         element's position in ``elements``), ``.children[1]`` the ``Output`` holding the figure.
     """
     elements = list(G.elements() if elements is None else elements)
-    slider = ipywidgets.SelectionSlider(
-        options=[(G.describe(g), i) for i, g in enumerate(elements)], value=0, description="g =",
-        continuous_update=False, layout=ipywidgets.Layout(width="420px"),
-        style={"description_width": "initial"},
-    )
-    output = ipywidgets.Output()
+    return _element_slider(G, elements, lambda g: viz.plot_equivariance(f, x, G, g, **kwargs))
 
-    def redraw(change=None) -> None:
-        fig = viz.plot_equivariance(f, x, G, elements[slider.value], **kwargs)
-        output.outputs = (_display_data(fig),)
 
-    slider.observe(redraw, names="value")
-    redraw()
-    return ipywidgets.VBox([slider, output])
+def flow_explorer(model, x: torch.Tensor, G: Group, *, elements: Optional[Sequence[GroupElement]] = None,
+                  mask: Optional[torch.Tensor] = None) -> ipywidgets.VBox:
+    """A slider over group elements that redraws :func:`gflows.viz.plot_flow`: the input turns, and the
+    split, the latent and log p are shown for it. ``elements`` default to ``G.exact_elements()``;
+    returns ``VBox([slider, output])`` like :func:`equivariance_explorer`."""
+    elements = list(G.exact_elements() if elements is None else elements)
+    return _element_slider(G, elements, lambda g: viz.plot_flow(model, x, G, g, mask=mask))

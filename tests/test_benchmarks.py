@@ -24,3 +24,13 @@ def test_residual_speed_quick_run_writes_a_comparison_with_the_twin(tmp_path):
         assert result["images_per_s"] > 0 and result["peak_memory_mb"] > 0 and result["parameters"] > 0
         assert result["z_equivariance_error"] < 1e-5
     assert groups["trivial"]["throughput_vs_twin"] == 1.0
+
+
+def test_coupling_speed_quick_run_compares_both_kinds_with_their_twins(tmp_path):
+    out = tmp_path / "coupling.json"
+    _load("coupling_speed").main(["--quick", "--groups", "trivial,D4", "--out", str(out)])
+    results = json.loads(out.read_text())["results"]
+    assert {(r["kind"], r["group"]) for r in results} == {(k, g) for k in ("coupling", "iaf") for g in ("trivial", "D4")}
+    for result in results:
+        assert result["images_per_s"] > 0 and result["peak_memory_mb"] > 0 and result["z_equivariance_error"] < 1e-5
+        assert result["throughput_vs_twin"] == 1.0 if result["group"] == "trivial" else result["throughput_vs_twin"] > 0

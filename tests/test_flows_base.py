@@ -12,9 +12,39 @@ import pytest
 import torch
 
 from gflows import checks, groups
+from gflows._escnn import enn
 from gflows.flows import ActNorm, FlowModel, Logit, ResidualBlock, Sequential, dequantize, standard_normal_log_prob
+from gflows.flows.autoregressive import AutoregressiveAffine
+from gflows.flows.coupling import AffineCoupling, AngularCoupling, FieldSplit, RadialCoupling
 from gflows.flows.logdet import Exact
 from gflows.models.residual import image_branch, point_branch
+from gflows.nn import point_fields, point_regular_fields
+from gflows.nn.conditioners import EquivariantConditioner, MaskedConditioner
+
+
+def _coupling(group, channels, parity=0):
+    G = groups.get(group)
+    split = FieldSplit(G.scalar_fields(channels), parity)
+    return AffineCoupling(split, EquivariantConditioner(split.in_type, split.t_type, split.n_scales, G.regular_fields(2)))
+
+
+def _autoregressive(group, channels, fast):
+    G = groups.get(group)
+    fields = G.scalar_fields(channels)
+    return AutoregressiveAffine(fields, MaskedConditioner(fields, G.regular_fields(2), [2, 0, 1]), fast=fast)
+
+
+def _radial(group):
+    G = groups.get(group)
+    return RadialCoupling(EquivariantConditioner(point_fields(G), None, 2, point_regular_fields(G, 2)))
+
+
+def _angular(group):
+    G = groups.get(group)
+    space = point_fields(G).gspace
+    scalars = enn.FieldType(space, [space.trivial_repr])
+    return AngularCoupling(G, EquivariantConditioner(scalars, None, 5, enn.FieldType(space, [space.trivial_repr] * 4)), 2)
+
 
 # (name, factory, example input, group it is equivariant to, field type name for images)
 LAYERS = {
@@ -23,6 +53,11 @@ LAYERS = {
     "actnorm-points": (lambda: ActNorm(1, field_size=2, shift=False), lambda: torch.randn(16, 2) * 3, "C8", None),
     "logit": (lambda: Logit(0.05), lambda: torch.rand(4, 2, 5, 5), "D4", None),
     "sequential": (lambda: Sequential(Logit(), ActNorm(2)), lambda: torch.rand(4, 2, 6, 6), "D4", None),
+    "coupling-fields": (lambda: _coupling("D4", 3), lambda: torch.randn(3, 3, 4, 4), "D4", None),
+    "iaf-fields": (lambda: _autoregressive("C4", 3, "inverse"), lambda: torch.randn(3, 3, 5, 5), "C4", None),
+    "maf-fields": (lambda: _autoregressive("D4", 3, "forward"), lambda: torch.randn(3, 3, 4, 4), "D4", None),
+    "coupling-radial": (lambda: _radial("C8"), lambda: torch.randn(16, 2) * 2, "C8", None),
+    "coupling-angular": (lambda: _angular("D8"), lambda: torch.randn(16, 2) * 2, "D8", None),
     "residual-image": (
         lambda: ResidualBlock(image_branch(groups.get("D4"), 2, 2, coeff=0.7), train_estimator=Exact(), eval_estimator=Exact()),
         lambda: torch.randn(3, 2, 5, 5),

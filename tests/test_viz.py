@@ -109,6 +109,23 @@ def test_explorer_redraws_when_the_slider_moves(D4, steerable, image):
     assert shown["output_type"] == "display_data"
 
 
+def test_plot_flow_and_its_widget_show_latents_log_p_and_the_split(D4):
+    from gflows import models
+
+    torch.manual_seed(0)
+    model = models.build("coupling", group="D4", data_shape=(1, 6, 6), depth=2, width=4).eval()
+    x = torch.rand(1, 1, 6, 6)
+    mask = (torch.arange(6)[:, None] + torch.arange(6)[None, :]).remainder(2).float()[None, None]
+    fig = viz.plot_flow(model, x, D4, D4.elements()[1], mask=mask)
+    assert [ax.get_title() for ax in fig.axes] == list(viz.FLOW_PANELS)
+    assert "log p(x)" in fig.get_suptitle() and float(fig.get_suptitle().split("= ")[-1]) < 1e-4
+    assert len(viz.flow_grid(model, x, D4).subfigs) == 8
+    explorer = widgets.flow_explorer(model, x, D4)
+    slider, output = explorer.children
+    slider.value = 3
+    assert output.outputs[0]["data"]["image/png"]
+
+
 def test_titles_print_log_p_of_x_and_of_its_image(D4, steerable, image):
     f, out_type = steerable
     invariant = lambda v: v.double().pow(2).flatten(1).sum(1)  # noqa: E731

@@ -14,9 +14,9 @@ from typing import Sequence
 
 from ..flows import FlowModel
 from ..groups import Group, get
-from . import residual
+from . import autoregressive, coupling, residual
 
-KINDS = ("residual",)
+KINDS = ("residual", "coupling", "iaf")
 
 
 def build(kind: str, *, group: "str | Group" = "trivial", data_shape: Sequence[int], **hparams) -> FlowModel:
@@ -33,4 +33,8 @@ def build(kind: str, *, group: "str | Group" = "trivial", data_shape: Sequence[i
     data_shape = tuple(int(s) for s in data_shape)
     if kind == "residual":
         return residual.build(G, data_shape, **hparams)
+    if kind == "coupling":
+        return coupling.build(G, data_shape, **hparams)
+    if kind == "iaf":
+        return autoregressive.build(G, data_shape, **hparams)
     raise ValueError(f"unknown model kind {kind!r}; choose one of {', '.join(KINDS)}")

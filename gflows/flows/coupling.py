@@ -1,0 +1,269 @@
+r"""G-Coupling flows: affine coupling layers whose split, shift and scale respect the group.
+
+An affine coupling splits the state into a conditioning part :math:`x_A` and a transformed part
+:math:`x_B` and maps (data to latent)
+
+.. math:: z_A = x_A,\qquad z_B = x_B \odot e^{s(x_A)} + t(x_A),\qquad
+          \log\lvert\det\rvert = \textstyle\sum s(x_A),
+
+with the exact inverse :math:`x_B = (z_B - t(z_A))\odot e^{-s(z_A)}`. It is G-equivariant when
+
+1. **the split is respected**: every :math:`g` maps A-coordinates to A-coordinates (a split by
+   fields, never a pixel checkerboard on an even-sized image, which a 90° turn maps to its complement);
+2. **the shift is equivariant**: :math:`t(g\cdot x_A) = g\cdot t(x_A)`;
+3. **the scale commutes with the action on** :math:`x_B`: here :math:`s` is an equivariant map onto
+   one *scalar* field per field of B, broadcast over the channels of that field; a scalar commutes
+   with any :math:`\rho_f(g)` and moves with the pixels. To keep the flow stable it is bounded,
+   :math:`s = c_f \tanh(\cdot)` with a learned :math:`c_f` per field.
+
+A partition object says how to split (:class:`FieldSplit`, :class:`Checkerboard`); the conditioner
+(:mod:`gflows.nn.conditioners`) returns ``(s_raw, t)``. For points of the plane, whose standard
+representation cannot be split for :math:`C_N, N\ge 3`, :class:`RadialCoupling` and
+:class:`AngularCoupling` couple the invariant radius and the equivariant direction instead.
+"""
+
+from __future__ import annotations
+
+from typing import Tuple
+
+import torch
+from torch import nn
+
+from .._escnn import enn
+from ..groups import Group
+from .base import Flow
+
+
+def _field_channels(field_type, fields) -> list:
+    starts = [0]
+    for rep in field_type.representations:
+        starts.append(starts[-1] + rep.size)
+    return [c for f in fields for c in range(starts[f], starts[f + 1])]
+
+
+class FieldSplit(nn.Module):
+    """Split the fields of ``field_type``: B = the fields with index ``% 2 == parity``, A = the others.
+
+    Always respected by the group (it acts on each field separately). ``in_type`` / ``t_type`` are the
+    field types of A and B; ``n_scales`` = number of fields in B.
+
+    Raises:
+        ValueError: fewer than 2 fields (nothing to condition on).
+    """
+
+    def __init__(self, field_type, parity: int = 0) -> None:
+        super().__init__()
+        n = len(field_type)
+        if n < 2:
+            raise ValueError(
+                f"a coupling splits fields, and this input has {n} field(s) of size {field_type.size}: "
+                "nothing is left to condition on. Use an image with >= 2 channels, or squeeze it first "
+                "(gflows.flows.squeeze) for a group of 90-degree rotations and flips"
+            )
+        b_fields = [f for f in range(n) if f % 2 == parity % 2]
+        a_fields = [f for f in range(n) if f % 2 != parity % 2]
+        reps = field_type.representations
+        self.in_type = enn.FieldType(field_type.gspace, [reps[f] for f in a_fields])
+        self.t_type = enn.FieldType(field_type.gspace, [reps[f] for f in b_fields])
+        self.n_scales = len(b_fields)
+        a_channels, b_channels = _field_channels(field_type, a_fields), _field_channels(field_type, b_fields)
+        field_of_channel = [i for i, f in enumerate(b_fields) for _ in range(reps[f].size)]
+        self.register_buffer("a_index", torch.as_tensor(a_channels))
+        self.register_buffer("b_index", torch.as_tensor(b_channels))
+        self.register_buffer("merge_index", torch.as_tensor(a_channels + b_channels).argsort())
+        self.register_buffer("scale_index", torch.as_tensor(field_of_channel))
+
+    def split(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        return x[:, self.a_index], x[:, self.b_index]
+
+    def merge(self, x_a: torch.Tensor, y_b: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x_a, y_b], dim=1)[:, self.merge_index]
+
+    def restrict(self, s: torch.Tensor, t: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Per-field scales ``(B, n_scales, ...)`` broadcast to the channels of B."""
+        return s[:, self.scale_index], t
+
+
+class Checkerboard(nn.Module):
+    """The pixel checkerboard of RealNVP on scalar channels: B = pixels with ``(i + j) % 2 == parity``.
+
+    ``group`` respects it only if every exact element maps the checkerboard to itself, e.g. for odd
+    H = W under :math:`D_4`, never for even sizes (a 90° turn changes the parity of i + j by W - 1).
+    ``require_respected=False`` builds it anyway, only to show in the book and the tests what breaks.
+    """
+
+    def __init__(self, field_type, group: Group, parity: int = 0, *, require_respected: bool = True) -> None:
+        super().__init__()
+        if any(rep.size != 1 for rep in field_type.representations):
+            raise ValueError("a pixel checkerboard is defined for scalar channels only")
+        self.in_type = self.t_type = field_type
+        self.n_scales = len(field_type)
+        self.group, self.parity, self.require_respected = group, parity % 2, require_respected
+
+    def mask(self, x: torch.Tensor) -> torch.Tensor:
+        """``(1, 1, H, W)`` 1 on A pixels, 0 on B pixels; ValueError if the group does not respect it."""
+        h, w = x.shape[-2:]
+        rows, columns = torch.arange(h, device=x.device)[:, None], torch.arange(w, device=x.device)[None, :]
+        a = ((rows + columns + self.parity) % 2 == 1).to(x.dtype)[None, None]
+        if self.require_respected:
+            moved = [g for g in self.group.exact_elements() if not torch.equal(self.group.act_image(a, g), a)]
+            if moved:
+                raise ValueError(
+                    f"{self.group.describe(moved[0])} maps the pixel checkerboard of a {h}x{w} image to its "
+                    f"complement, so a checkerboard coupling is not {self.group.name}-equivariant: split by "
+                    "fields (channels) instead"
+                )
+        return a
+
+    def split(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        return x * self.mask(x), x
+
+    def merge(self, x_a: torch.Tensor, y_b: torch.Tensor) -> torch.Tensor:
+        return y_b
+
+    def restrict(self, s: torch.Tensor, t: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Zero the scale and shift on A pixels, so that they pass unchanged."""
+        b = 1 - self.mask(t)
+        return s * b, t * b
+
+
+class AffineCoupling(Flow):
+    """``z_B = x_B * exp(s(x_A)) + t(x_A)``, ``z_A = x_A``; exact inverse; ``logdet = sum s``.
+
+    Args:
+        partition: a :class:`FieldSplit` or :class:`Checkerboard`.
+        conditioner: maps ``x_A`` to ``(s_raw, t)`` (``partition.n_scales`` scalar fields, ``partition.t_type``),
+            e.g. :class:`gflows.nn.conditioners.EquivariantConditioner`.
+    ``s = c * tanh(s_raw)`` with a learned ``c`` per scale field. Equivariant to the group when the
+    partition is respected and the conditioner equivariant (module docstring). Shapes: any
+    ``(B, C, ...)`` the partition accepts, in and out; ``logdet`` ``(B,)``.
+    """
+
+    def __init__(self, partition: nn.Module, conditioner: nn.Module) -> None:
+        super().__init__()
+        self.partition, self.conditioner = partition, conditioner
+        self.scale = nn.Parameter(torch.ones(partition.n_scales))
+
+    def _scale_and_shift(self, x_a: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        s_raw, t = self.conditioner(x_a)
+        shape = (1, -1) + (1,) * (s_raw.dim() - 2)
+        return self.partition.restrict(self.scale.view(shape) * torch.tanh(s_raw), t)
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        x_a, x_b = self.partition.split(x)
+        s, t = self._scale_and_shift(x_a)
+        return self.partition.merge(x_a, x_b * torch.exp(s) + t), s.flatten(1).sum(dim=1)
+
+    def inverse(self, z: torch.Tensor) -> torch.Tensor:
+        z_a, z_b = self.partition.split(z)
+        s, t = self._scale_and_shift(z_a)
+        return self.partition.merge(z_a, (z_b - t) * torch.exp(-s))
+
+
+# ----------------------------------------------------------------------------------- points
+def rotation_order(group: Group) -> int:
+    """N, the number of rotations in the group (1 for the trivial group and D1)."""
+    rotations = [g for g in group.elements() if group.reflection_axis(g) is None]
+    return len(rotations)
+
+
+def reflection_axis(group: Group):
+    """The angle of one reflection axis of a dihedral group, ``None`` if the group has no reflection."""
+    axes = [group.reflection_axis(g) for g in group.elements()]
+    return next((a for a in axes if a is not None), None)
+
+
+class RadialCoupling(Flow):
+    r"""Coupling of a point :math:`x = r u` of the plane: the direction :math:`u` conditions its own radius,
+
+    .. math:: \log r' = \log r\; e^{a(u)} + b(u),\qquad z = r' u,\qquad
+              \log\lvert\det\rvert = 2(\log r' - \log r) + a(u),
+
+    (in polar coordinates the map is triangular with derivative :math:`e^{a}` in :math:`\log r`, and
+    the area element :math:`r\,dr\,d\theta` contributes :math:`(r'/r)^2`). :math:`a, b` are G-invariant
+    functions of :math:`u` (``conditioner`` maps the standard representation to scalar fields), so
+    :math:`z(A_g x) = r' A_g u = A_g z`: equivariant to every element. Shapes ``(B, 2)``.
+    """
+
+    def __init__(self, conditioner: nn.Module) -> None:
+        super().__init__()
+        self.conditioner = conditioner
+        self.scale = nn.Parameter(torch.ones(()))
+
+    def _polar(self, x: torch.Tensor):
+        r = x.norm(dim=1, keepdim=True)
+        s_raw, shift = self.conditioner(x / r)
+        return torch.log(r), x / r, self.scale * torch.tanh(s_raw[:, :1]), s_raw[:, 1:2]
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        log_r, u, a, b = self._polar(x)
+        new_log_r = log_r * torch.exp(a) + b
+        return u * torch.exp(new_log_r), (2 * (new_log_r - log_r) + a)[:, 0]
+
+    def inverse(self, z: torch.Tensor) -> torch.Tensor:
+        log_r, u, a, b = self._polar(z)
+        return u * torch.exp((log_r - b) * torch.exp(-a))
+
+
+class AngularCoupling(Flow):
+    r"""Coupling of a point :math:`x = r(\cos\theta, \sin\theta)`: the radius conditions its angle,
+
+    .. math:: \theta' = \theta + \varphi(r) + \sum_{m=1}^{M}\frac{a_m(r)\sin(mN(\theta-\alpha)) + b_m(r)\cos(mN(\theta-\alpha))}{mN},
+              \qquad \log\lvert\det\rvert = \log\frac{\partial\theta'}{\partial\theta},
+
+    with :math:`\sum_m \sqrt{a_m^2+b_m^2} < 1`, so :math:`\theta\mapsto\theta'` is an increasing
+    diffeomorphism of the circle (inverse by bisection to round-off). :math:`N` is the number of
+    rotations of the group: the perturbation is :math:`2\pi/N`-periodic, so the map commutes with
+    :math:`C_N`. A dihedral group also needs oddness about its reflection axis :math:`\alpha`:
+    :math:`b_m = \varphi = 0`. The coefficients are functions of the invariant :math:`\log r` (any
+    function of it is invariant). Equivariant to every element of the group. Shapes ``(B, 2)``.
+    """
+
+    BISECTION_STEPS = 60
+
+    def __init__(self, group: Group, conditioner: nn.Module, harmonics: int) -> None:
+        super().__init__()
+        self.conditioner, self.harmonics = conditioner, harmonics
+        self.n = rotation_order(group)
+        axis = reflection_axis(group)
+        self.dihedral = axis is not None
+        self.axis = 0.0 if axis is None else axis
+
+    def _coefficients(self, x: torch.Tensor):
+        r = x.norm(dim=1, keepdim=True)
+        raw, _ = self.conditioner(torch.log(r))
+        a, b, phi = raw[:, :self.harmonics], raw[:, self.harmonics:2 * self.harmonics], raw[:, -1:]
+        if self.dihedral:
+            b, phi = torch.zeros_like(b), torch.zeros_like(phi)
+        amplitude = torch.sqrt(a ** 2 + b ** 2 + 1e-12)
+        total = amplitude.sum(dim=1, keepdim=True)
+        shrink = 0.95 * torch.tanh(total) / total
+        return r, a * shrink, b * shrink, phi
+
+    def _warp(self, theta, a, b, phi):
+        """theta' and d theta'/d theta."""
+        m = torch.arange(1, self.harmonics + 1, dtype=theta.dtype, device=theta.device) * self.n
+        angle = m * (theta - self.axis)
+        new = theta + phi + ((a * torch.sin(angle) + b * torch.cos(angle)) / m).sum(dim=1, keepdim=True)
+        slope = 1 + (a * torch.cos(angle) - b * torch.sin(angle)).sum(dim=1, keepdim=True)
+        return new, slope
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        r, a, b, phi = self._coefficients(x)
+        theta = torch.atan2(x[:, 1:], x[:, :1])
+        new, slope = self._warp(theta, a, b, phi)
+        return r * torch.cat([torch.cos(new), torch.sin(new)], dim=1), torch.log(slope)[:, 0]
+
+    def inverse(self, z: torch.Tensor) -> torch.Tensor:
+        r, a, b, phi = self._coefficients(z)
+        target = torch.atan2(z[:, 1:], z[:, :1])
+        low, high = target - phi - 1.0, target - phi + 1.0  # |theta' - theta - phi| < 1/N <= 1
+        with torch.no_grad():
+            for _ in range(self.BISECTION_STEPS):
+                middle = (low + high) / 2
+                below = self._warp(middle, a, b, phi)[0] < target
+                low, high = torch.where(below, middle, low), torch.where(below, high, middle)
+        theta = (low + high) / 2
+        new, slope = self._warp(theta, a, b, phi)
+        theta = theta - (new - target) / slope  # one Newton step: round-off, and gradients for training
+        return r * torch.cat([torch.cos(theta), torch.sin(theta)], dim=1)

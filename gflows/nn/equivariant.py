@@ -1,0 +1,103 @@
+r"""Unconstrained steerable layers on plain tensors: the conditioners of coupling and autoregressive flows.
+
+:class:`EquivariantConv` is escnn's ``R2Conv`` (a filter :math:`W=\sum_k w_k B_k` in the equivariant
+kernel basis) applied with ``torch.nn.functional.conv2d``, stride 1 and padding ``k // 2``, so the
+H x W grid and its centre are kept and 90-degree rotations and flips act exactly on odd and even
+sizes alike. :class:`EquivariantLinear` is escnn's ``Linear`` between field types on no base space
+(points of the plane). In float64 the expanded weight is averaged over the group
+(:func:`~gflows.nn.exact.project_to_equivariant`), which removes the ~1e-8 error of escnn's float32
+basis; in float32 the basis is already exact to round-off.
+
+Every layer owns its sampled basis (``recompute=True``): escnn otherwise shares one basis module
+between all layers with the same field types, and ``.double()`` on one model would change the dtype of
+another model's basis.
+
+>>> import torch
+>>> from gflows import groups, checks
+>>> G = groups.get("D4")
+>>> conv = EquivariantConv(G.scalar_fields(1), G.regular_fields(2)).double()
+>>> x = torch.randn(2, 1, 6, 6, dtype=torch.float64)
+>>> checks.equivariance_error(conv, x, G, out_field_type=conv.out_type) < 1e-12
+True
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .._escnn import enn
+from .exact import project_to_equivariant
+
+
+class _Expanded(nn.Module):
+    """An escnn layer used only for its parameters: expand, project in float64, apply with torch."""
+
+    def __init__(self, layer) -> None:
+        super().__init__()
+        self.layer = layer
+        self.in_type, self.out_type = layer.in_type, layer.out_type
+
+    def weight_and_bias(self) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """The dense weight (exactly equivariant in float64) and the bias."""
+        weight, bias = self.layer.expand_parameters()
+        if weight.dtype == torch.float64:
+            weight = project_to_equivariant(weight, self.in_type, self.out_type)
+        return weight, bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.apply_weight(x, *self.weight_and_bias())
+
+    def apply_weight(self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+        """The layer with a given expanded weight (to expand once and apply several times)."""
+        raise NotImplementedError  # pragma: no cover
+
+    def _check(self, x: torch.Tensor, rank: int) -> None:
+        if x.dim() != rank or x.shape[1] != self.in_type.size:
+            raise ValueError(
+                f"{type(self).__name__} expects a rank-{rank} tensor with {self.in_type.size} channels, "
+                f"got shape {tuple(x.shape)}"
+            )
+
+
+class EquivariantConv(_Expanded):
+    """Steerable convolution ``(B, in_type.size, H, W) -> (B, out_type.size, H, W)``, equivariant to the
+    group of the field types (exactly on the elements that act on pixel grids).
+
+    Args:
+        in_type, out_type: escnn ``FieldType`` s of one 2-D gspace.
+        kernel_size: odd (an even kernel has no centre pixel and breaks equivariance).
+        bias: learn a bias (escnn puts it on trivial fields only, where it is equivariant).
+    """
+
+    def __init__(self, in_type, out_type, kernel_size: int = 3, *, bias: bool = True) -> None:
+        if kernel_size % 2 != 1:
+            raise ValueError(f"kernel_size must be odd (an even kernel has no centre pixel), got {kernel_size}")
+        super().__init__(enn.R2Conv(in_type, out_type, kernel_size, padding=kernel_size // 2, bias=bias, recompute=True))
+        self.padding = kernel_size // 2
+
+    def apply_weight(self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+        self._check(x, 4)
+        return F.conv2d(x, weight, bias, padding=self.padding)
+
+
+class EquivariantLinear(_Expanded):
+    """Equivariant linear map ``(B, in_type.size) -> (B, out_type.size)`` between field types on no
+    base space (points of the plane); equivariant to every element of the group."""
+
+    def __init__(self, in_type, out_type, *, bias: bool = True) -> None:
+        super().__init__(enn.Linear(in_type, out_type, bias=bias, recompute=True))
+
+    def apply_weight(self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+        self._check(x, 2)
+        return F.linear(x, weight, bias)
+
+
+def equivariant_layer(in_type, out_type, kernel_size: int = 3) -> _Expanded:
+    """:class:`EquivariantConv` for field types on the plane, :class:`EquivariantLinear` on no base space."""
+    if in_type.gspace.dimensionality == 0:
+        return EquivariantLinear(in_type, out_type)
+    return EquivariantConv(in_type, out_type, kernel_size)
