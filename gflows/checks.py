@@ -86,7 +86,10 @@ def equivariance_error(
         in_field_type, out_field_type: escnn field types of the input / output channels for
             images (default: scalar fields, as for image data).
         in_action, out_action: explicit actions ``(tensor, g) -> tensor`` instead of the defaults.
-        relative: divide by :math:`\lVert f(x)\rVert_\infty` (its first output).
+        relative: divide by the size of the output, :math:`\lVert f(x)\rVert_\infty` for the
+            equivariant output, and for each invariant one the larger of that and its own largest
+            absolute value (a log-det summed over many pixels is large, and float32 can only round
+            it to its own precision).
         per_element: return ``{G.describe(g): error}`` instead of the maximum.
     """
     act_in = in_action or _default_action(G, x, in_field_type)
@@ -94,13 +97,16 @@ def equivariance_error(
         elements = G.exact_elements() if x.dim() == 4 else G.elements()
     reference, invariants = _split_output(f(x))
     act_out = out_action or _default_action(G, reference, out_field_type)
-    scale = max(_max_abs(reference), torch.finfo(torch.float64).tiny) if relative else 1.0
+    def scale(t: torch.Tensor) -> float:
+        return max(_max_abs(t), torch.finfo(torch.float64).tiny) if relative else 1.0
+
     errors = {}
     for g in elements:
         moved, moved_invariants = _split_output(f(act_in(x, g)))
-        error = _max_abs(moved.to(torch.float64) - act_out(reference, g).to(torch.float64)) / scale
+        error = _max_abs(moved.to(torch.float64) - act_out(reference, g).to(torch.float64)) / scale(reference)
         for before, after in zip(invariants, moved_invariants):
-            error = max(error, _max_abs(after.to(torch.float64) - before.to(torch.float64)) / scale)
+            invariant_scale = max(scale(before), scale(reference))
+            error = max(error, _max_abs(after.to(torch.float64) - before.to(torch.float64)) / invariant_scale)
         errors[G.describe(g)] = error
     return errors if per_element else max(errors.values(), default=0.0)
 

@@ -103,3 +103,12 @@ def test_inverse_error_and_exact_logdet(dtype):
         checks.exact_logdet(torch.tanh, torch.randn(1, 5000))
     with pytest.raises(ValueError, match="square"):
         checks.exact_logdet(lambda v: v[:, :2], x)
+
+
+def test_relative_error_of_an_invariant_output_is_taken_against_its_own_size():
+    G = groups.get("C4")
+    x = torch.randn(2, 1, 4, 4, dtype=torch.float64)
+    # a large "log-det" with a small non-invariant part, beside an equivariant output of size ~1
+    f = lambda v: (v, 1e6 + 1e-3 * v[:, 0, 0, 0])  # noqa: E731
+    assert checks.equivariance_error(f, x, G) > 1e-4
+    assert checks.equivariance_error(f, x, G, relative=True) < 1e-8

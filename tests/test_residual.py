@@ -177,10 +177,12 @@ def test_model_is_equivariant_invariant_and_invertible_after_training(group, dat
     assert sample.shape == (3, *data_shape) and torch.isfinite(sample).all()
 
 
-def test_every_block_is_equivariant_in_float32():
+def test_every_block_and_the_model_are_equivariant_in_float32():
     for group in ("C4", "D4", "C8"):
         model, x = _trained_model(group, (1, 8, 8), torch.float32, steps=1)
         G = model.group
+        with logdet_estimator(model, Exact()):
+            checks.assert_equivariant(model, x, G)  # relative tolerance 1e-5 in float32
         h = model.flow[0](x)[0]  # after the logit
         for layer in model.flow.layers[1:]:
             with logdet_estimator(layer, Exact()):
