@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .fields import without_pointwise_nonlinearities
+
 
 class LipSwish(nn.Module):
     """Pointwise 1-Lipschitz activation on fields that allow pointwise non-linearities.
@@ -27,7 +29,7 @@ class LipSwish(nn.Module):
 
     def __init__(self, field_type, beta: float = 0.5) -> None:
         super().__init__()
-        refused = sorted({rep.name for rep in field_type.representations if "pointwise" not in rep.supported_nonlinearities})
+        refused = without_pointwise_nonlinearities(field_type)
         if refused:
             raise ValueError(
                 f"a pointwise non-linearity is not equivariant on fields of type {refused}: "

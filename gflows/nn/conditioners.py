@@ -25,6 +25,7 @@ from torch import nn
 
 from .._escnn import enn
 from .equivariant import EquivariantConv, equivariant_layer
+from .fields import without_pointwise_nonlinearities
 from .masked import MaskedFieldConv
 
 #: Multiplies the initial weights of the output layer, so that a new flow starts close to the identity.
@@ -43,7 +44,7 @@ def _shrink(layer) -> None:
 
 
 def _check_pointwise(hidden_type) -> None:
-    refused = sorted({rep.name for rep in hidden_type.representations if "pointwise" not in rep.supported_nonlinearities})
+    refused = without_pointwise_nonlinearities(hidden_type)
     if refused:
         raise ValueError(f"hidden fields must allow pointwise non-linearities (trivial or regular), got {refused}")
 

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._escnn import enn
-from .exact import project_to_equivariant
+from .exact import expanded_weight
 
 
 class _Expanded(nn.Module):
@@ -43,10 +43,7 @@ class _Expanded(nn.Module):
 
     def weight_and_bias(self) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """The dense weight (exactly equivariant in float64) and the bias."""
-        weight, bias = self.layer.expand_parameters()
-        if weight.dtype == torch.float64:
-            weight = project_to_equivariant(weight, self.in_type, self.out_type)
-        return weight, bias
+        return expanded_weight(self.layer)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.apply_weight(x, *self.weight_and_bias())

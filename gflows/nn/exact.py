@@ -25,7 +25,7 @@ True
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -61,3 +61,12 @@ def project_to_equivariant(weight: torch.Tensor, in_type, out_type) -> torch.Ten
         averaged = (rho_out[:, None, None] @ moved @ rho_in_inverse[:, None, None]).mean(dim=0)
         return averaged.permute(2, 3, 0, 1)
     return (rho_out @ weight @ rho_in_inverse).mean(dim=0)
+
+
+def expanded_weight(layer) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """The dense ``(weight, bias)`` of an escnn ``R2Conv`` / ``Linear``; in float64 the weight is
+    projected with :func:`project_to_equivariant`, so that it is equivariant to float64 precision."""
+    weight, bias = layer.expand_parameters()
+    if weight.dtype == torch.float64:
+        weight = project_to_equivariant(weight, layer.in_type, layer.out_type)
+    return weight, bias

@@ -47,3 +47,9 @@ def point_regular_fields(group: Group, n: int):
     """escnn ``FieldType`` of ``n`` regular fields on no base space (hidden features of point models)."""
     space = _point_space(group)
     return enn.FieldType(space, [space.regular_repr] * n)
+
+
+def without_pointwise_nonlinearities(field_type) -> list:
+    """Names of the representations in ``field_type`` on which a pointwise non-linearity is *not*
+    equivariant (empty for trivial and regular fields, which the group only permutes)."""
+    return sorted({rep.name for rep in field_type.representations if "pointwise" not in rep.supported_nonlinearities})

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._escnn import enn
-from .exact import project_to_equivariant
+from .exact import expanded_weight
 
 
 class _NormBounded(nn.Module):
@@ -98,19 +98,17 @@ class _NormBounded(nn.Module):
     def update_lipschitz(self, n_iterations: int) -> None:
         """Run ``n_iterations`` power iterations on the current weights (no-op before the first call)."""
         if self.v.numel():
-            self._iterate(self.layer.expand_parameters()[0].detach(), n_iterations)
+            self._iterate(expanded_weight(self.layer)[0].detach(), n_iterations)
 
     def sigma(self, weight: Optional[torch.Tensor] = None) -> torch.Tensor:
         """The current estimate :math:`u^\\top \\mathcal{W} v` of the operator norm (differentiable in W)."""
         if weight is None:
-            weight = self.layer.expand_parameters()[0]
+            weight = expanded_weight(self.layer)[0]
         return (self.u * self._operator(weight, self.v)).sum()
 
     def normalized_weight(self, x: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """The expanded weight divided by ``max(1, sigma / coeff)`` and the bias, for input ``x``."""
-        weight, bias = self.layer.expand_parameters()
-        if weight.dtype == torch.float64:
-            weight = project_to_equivariant(weight, self.in_type, self.out_type)
+        weight, bias = expanded_weight(self.layer)
         shape = self._vector_shape(x)
         if tuple(self.v.shape) != shape or self.v.dtype != weight.dtype or self.v.device != weight.device:
             self._start(weight.detach(), shape)
