@@ -434,17 +434,25 @@ def eval_batches(
 
 
 def _evaluation(ds, global_size, seed, rank, world_size, device) -> Iterator[torch.Tensor]:
+    blocks: Dict[int, torch.Tensor] = {}              # dequantised noise blocks, kept while batches need them
     for first in range(0, len(ds), global_size):
         mine = _shard(min(global_size, len(ds) - first), rank, world_size)
-        x = _fixed_dequantized(ds, first + mine.start, first + mine.stop, seed)
+        x = _fixed_dequantized(ds, first + mine.start, first + mine.stop, seed, blocks)
         yield x.to(device) if device is not None else x
 
 
-def _fixed_dequantized(ds: ImageSet, start: int, stop: int, seed: int) -> torch.Tensor:
-    """Images ``start:stop`` of ``ds`` dequantised with the noise of their blocks of ``EVAL_NOISE_BLOCK``."""
+def _fixed_dequantized(ds: ImageSet, start: int, stop: int, seed: int, blocks: Dict[int, torch.Tensor]) -> torch.Tensor:
+    """Images ``start:stop`` of ``ds`` dequantised with the noise of their blocks of ``EVAL_NOISE_BLOCK``.
+
+    ``blocks`` caches dequantised blocks between calls; the blocks this call does not need are dropped.
+    """
+    needed = range(start // EVAL_NOISE_BLOCK, -(-stop // EVAL_NOISE_BLOCK))
+    for block in [block for block in blocks if block not in needed]:
+        del blocks[block]
     pieces = [torch.empty(0, *ds.shape)]
-    for block in range(start // EVAL_NOISE_BLOCK, -(-stop // EVAL_NOISE_BLOCK)):
+    for block in needed:
         low = block * EVAL_NOISE_BLOCK
-        x = dequantize(ds.pixels[low:low + EVAL_NOISE_BLOCK], _generator(seed, _EVAL, block, 0))
-        pieces.append(x[max(start - low, 0):stop - low])
+        if block not in blocks:
+            blocks[block] = dequantize(ds.pixels[low:low + EVAL_NOISE_BLOCK], _generator(seed, _EVAL, block, 0))
+        pieces.append(blocks[block][max(start - low, 0):stop - low])
     return torch.cat(pieces)

@@ -23,6 +23,7 @@ True
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 from typing import Union
 
 import torch
@@ -41,33 +42,50 @@ def as_group(G: GroupLike) -> Group:
 
 def draw_exact_elements(n: int, G: GroupLike, generator: torch.Generator) -> torch.Tensor:
     """``n`` independent uniform indices into ``G.exact_elements()`` (int64, on the generator's device)."""
-    order = len(as_group(G).exact_elements())
+    order = len(_exact_elements(as_group(G).name))
     return torch.randint(0, order, (n,), generator=generator, device=generator.device)
 
 
 def exact_action(x: torch.Tensor, G: GroupLike, which: torch.Tensor) -> torch.Tensor:
     """Image ``i`` of ``x`` moved by the exact element ``G.exact_elements()[which[i]]``.
 
+    Each exact element permutes the pixels (:meth:`gflows.groups.Group.act_image` of the pixel
+    numbers gives the permutation, once per group and image size), so the whole batch is moved by
+    one ``gather``.
+
     Args:
         x: ``(B, C, H, W)`` images of any dtype (uint8 pixels or floats); channels are scalar fields.
         which: ``(B,)`` integer indices into ``G.exact_elements()``.
     Returns:
-        ``(B, C, H, W)``, same dtype and device: a pixel permutation of each image (``rot90``/``flip``).
+        ``(B, C, H, W)``, same dtype and device: each image with its pixels permuted.
     """
     G = as_group(G)
-    elements = G.exact_elements()
+    if not torch.is_tensor(x) or x.dim() != 4:
+        raise ValueError(f"exact_action expects a (B, C, H, W) tensor, got {tuple(getattr(x, 'shape', ())) or type(x).__name__}")
+    G.check_image_shape(x.shape[1:])
     which = torch.as_tensor(which, device=x.device)
     if which.shape != x.shape[:1]:
         raise ValueError(f"need one element index per image: x has {x.shape[0]} images, which has shape {tuple(which.shape)}")
-    if which.numel() and (int(which.min()) < 0 or int(which.max()) >= len(elements)):
-        raise ValueError(f"element indices must be in 0..{len(elements) - 1} ({G.name} has {len(elements)} exact elements)")
-    G.check_image_shape(x.shape[1:])
-    moved = x.clone()
-    for index, g in enumerate(elements):
-        chosen = which == index
-        if chosen.any():
-            moved[chosen] = G.act_image(x[chosen], g)
-    return moved
+    order = len(_exact_elements(G.name))
+    if which.numel() and (int(which.min()) < 0 or int(which.max()) >= order):
+        raise ValueError(f"element indices must be in 0..{order - 1} ({G.name} has {order} exact elements)")
+    batch, channels, height, width = x.shape
+    permutations = _pixel_permutations(G.name, height, width).to(x.device)
+    source = permutations[which].unsqueeze(1).expand(batch, channels, height * width)
+    return x.flatten(2).gather(2, source).reshape(x.shape)
+
+
+@lru_cache(maxsize=None)
+def _exact_elements(name: str) -> tuple:
+    return tuple(groups.get(name).exact_elements())
+
+
+@lru_cache(maxsize=None)
+def _pixel_permutations(name: str, height: int, width: int) -> torch.Tensor:
+    """``(|exact elements|, H*W)`` int64: row k holds, for each output pixel, the input pixel element k moves there."""
+    G = groups.get(name)
+    numbers = torch.arange(height * width).reshape(1, 1, height, width)
+    return torch.stack([G.act_image(numbers, g).flatten() for g in _exact_elements(name)])
 
 
 def random_exact_action(x: torch.Tensor, G: GroupLike, generator: torch.Generator) -> torch.Tensor:
