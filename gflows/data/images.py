@@ -136,7 +136,7 @@ def load(name: str, split: str = "train", root: Union[str, Path, None] = None, d
     Args:
         name: one of :data:`DATASETS`.
         split: ``"train"`` or ``"test"``.
-        root: the data folder; default :func:`default_root`.
+        root: the data folder; default :func:`default_root` (digits need none).
         download: fetch missing files from the official sources (needs internet; MD5-checked).
     Raises:
         ValueError: unknown name or split.
@@ -212,8 +212,8 @@ def _idx(name: str, split: str, root: Path, download: bool) -> Tuple[np.ndarray,
     for folder in folders:
         paths = _idx_files(folder, wanted)
         if paths:
-            images, labels = formats.read_idx_pair(*paths)
-            return images[:, None], labels
+            pixels, labels = formats.read_idx_pair(*paths)
+            return pixels[:, None], labels
     apt = ("apt-get install dataset-fashion-mnist   (Debian/Ubuntu: installs the files in "
            f"{DEBIAN_FASHION_MNIST})" if name == "fashion-mnist" else None)
     raise DatasetNotFound(_how_to_get(
@@ -246,7 +246,8 @@ def _cifar10(name: str, split: str, root: Path, download: bool) -> Tuple[np.ndar
     missing = [batch for batch in batches if not (folder / batch).is_file()]
     if missing:
         raise DatasetNotFound(_how_to_get(
-            f"CIFAR-10 ({split} split) not found: {folder} lacks {', '.join(missing)} and there is no {archive} to extract",
+            f"CIFAR-10 ({split} split) not found: {folder} lacks {', '.join(missing)}, and "
+            + (f"{archive} does not hold them" if archive.exists() else f"there is no {archive} to extract"),
             [folder, archive], None,
             f"put {CIFAR_ARCHIVE} (the python version, from {CIFAR_URL}), extracted or not, in {root}", name,
         ))
