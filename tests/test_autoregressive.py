@@ -8,8 +8,9 @@ from gflows import checks, groups, models
 from model_contract import train_briefly_then_check
 from gflows.flows.autoregressive import AutoregressiveAffine
 from gflows.flows.squeeze import irrep_fields
+from gflows.nn import point_coordinate_fields, point_regular_fields
 from gflows.nn.conditioners import MaskedConditioner
-from gflows.nn.masked import MaskedFieldConv, field_mask
+from gflows.nn.masked import MaskedFieldConv, MaskedFieldLinear, field_mask
 
 
 def _perturbed(module):
@@ -88,6 +89,35 @@ def test_jacobian_is_block_triangular_over_fields_in_the_chosen_order():
     blocks = jacobian.abs().sum(dim=(1, 3))
     assert blocks[2, 0] == 0 and blocks[2, 1] == 0 and blocks[1, 0] == 0
     assert blocks[0, 1] > 0 and blocks[0, 2] > 0 and blocks[1, 2] > 0
+
+
+@pytest.mark.parametrize("fast", ["inverse", "forward"])
+@pytest.mark.parametrize("name", ["trivial", "D2"])
+def test_maf_and_iaf_on_the_coordinates_of_points(name, fast, dtype):
+    G = groups.get(name)
+    fields = point_coordinate_fields(G)
+    layer = _perturbed(AutoregressiveAffine(fields, MaskedConditioner(fields, point_regular_fields(G, 4), [1, 0]), fast=fast)).to(dtype)
+    x = torch.randn(16, 2, dtype=dtype)
+    checks.assert_equivariant(layer, x, G)
+    z, logdet = layer(x)
+    tolerance = 1e-9 if dtype == torch.float64 else 1e-4
+    torch.testing.assert_close(checks.exact_logdet(layer, x), logdet.detach(), rtol=tolerance, atol=tolerance)
+    assert checks.inverse_error(layer, x) < (1e-12 if dtype == torch.float64 else 1e-5)
+    # order [1, 0]: the Jacobian of the data -> latent map is triangular the other way round
+    jacobian = torch.autograd.functional.jacobian(lambda v: layer(v[None])[0][0], x[0])
+    assert jacobian[1, 0] == 0 and jacobian[0, 1] != 0
+
+
+def test_masked_field_linear_is_equivariant_and_autoregressive():
+    G = groups.get("D2")
+    fields = point_regular_fields(G, 3)
+    linear = _perturbed(MaskedFieldLinear(fields, fields, [1, 2, 0], [1, 2, 0], strict=False)).double()
+    x = torch.randn(4, fields.size, dtype=torch.float64)
+    action = lambda h, g: h @ torch.as_tensor(fields.representation(g), dtype=h.dtype).T  # noqa: E731
+    checks.assert_equivariant(linear, x, G, in_action=action, out_action=action)
+    blocks = torch.autograd.functional.jacobian(lambda v: linear(v[None])[0], x[0]).reshape(3, 4, 3, 4).abs().sum(dim=(1, 3))
+    allowed = torch.tensor([[1, 0, 1], [1, 1, 1], [0, 0, 1]], dtype=torch.bool)  # degrees 1, 2, 0, not strict
+    assert torch.all(blocks[~allowed] == 0) and torch.all(blocks[allowed] > 0)
 
 
 def test_autoregression_needs_two_fields_and_a_known_direction():

@@ -7,6 +7,7 @@ from gflows import checks, groups, models
 from model_contract import train_briefly_then_check
 from gflows.flows.coupling import AffineCoupling, Checkerboard, FieldSplit
 from gflows.flows.squeeze import irrep_fields
+from gflows.nn import point_coordinate_fields, point_regular_fields
 from gflows.nn.conditioners import EquivariantConditioner, InvariantDecoderConditioner
 
 
@@ -43,6 +44,20 @@ def test_coupling_for_c8_on_its_exact_elements(dtype):
     x = torch.randn(2, 3, 6, 6, dtype=dtype)
     errors = checks.assert_equivariant(layer, x, G)
     assert len(errors) == 4  # the 90-degree rotations
+
+
+@pytest.mark.parametrize("name", ["trivial", "C2", "D1", "D2"])
+@pytest.mark.parametrize("parity", [0, 1])
+def test_cartesian_coupling_of_points_where_the_group_keeps_the_coordinates_apart(name, parity, dtype):
+    G = groups.get(name)
+    layer = _perturb(_coupling(point_coordinate_fields(G), point_regular_fields(G, 4), parity)).to(dtype)
+    x = torch.randn(16, 2, dtype=dtype)
+    checks.assert_equivariant(layer, x, G)
+    z, logdet = layer(x)
+    torch.testing.assert_close(z[:, 1 - parity], x[:, 1 - parity], rtol=0, atol=0)  # x_A passes unchanged
+    tolerance = 1e-9 if dtype == torch.float64 else 1e-4
+    torch.testing.assert_close(checks.exact_logdet(layer, x), logdet.detach(), rtol=tolerance, atol=tolerance)
+    assert checks.inverse_error(layer, x) < (1e-12 if dtype == torch.float64 else 1e-5)
 
 
 def test_a_split_needs_two_fields():

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from gflows import checks, groups
-from gflows.nn import LipSwish, LipschitzConv, LipschitzLinear, hidden_fields, point_fields, point_regular_fields, update_lipschitz
+from gflows.nn import (LipSwish, LipschitzConv, LipschitzLinear, hidden_fields, point_coordinate_fields, point_fields,
+                       point_regular_fields, update_lipschitz)
 from gflows.nn.exact import project_to_equivariant
 
 
@@ -73,6 +74,21 @@ def test_lipschitz_linear_on_points_is_equivariant_for_every_element_and_bounded
     checks.assert_equivariant(up, x, G, out_action=hidden_action)
     checks.assert_equivariant(down, hidden, G, in_action=hidden_action)
     assert _operator_norm(up.double(), x[:1].double()) <= 0.8 * (1 + 1e-3)
+
+
+@pytest.mark.parametrize("group_name", ["trivial", "C2", "D1", "D2"])
+def test_coordinate_fields_act_on_points_like_the_group(group_name):
+    G = groups.get(group_name)
+    fields = point_coordinate_fields(G)
+    assert len(fields) == 2 and fields.size == 2
+    for g in G.elements():
+        assert torch.equal(torch.as_tensor(fields.representation(g)), torch.as_tensor(G.matrix(g)).round())
+
+
+@pytest.mark.parametrize("group_name", ["C3", "C4", "D4", "C8"])
+def test_coordinate_fields_are_refused_where_rotations_mix_the_coordinates(group_name):
+    with pytest.raises(ValueError, match="mixes the two coordinates"):
+        point_coordinate_fields(groups.get(group_name))
 
 
 def test_power_iteration_runs_only_when_the_weights_change():

@@ -38,7 +38,9 @@ class AutoregressiveAffine(Flow):
             shift, the outputs of field ``order[k]`` depending only on fields ``order[:k]``
             (:class:`gflows.nn.conditioners.MaskedConditioner`).
         fast: ``"inverse"`` (IAF: one-pass sampling) or ``"forward"`` (MAF: one-pass density).
-    Shapes ``(B, C, H, W)`` in and out; ``logdet`` ``(B,)``; exact inverse (F conditioner passes in the
+    Shapes ``(B, C, H, W)`` in and out, or ``(B, C)`` for fields on no base space (e.g. the two
+    coordinates of a point, :func:`gflows.nn.point_coordinate_fields`: MAF / IAF on the plane for the
+    groups that respect them); ``logdet`` ``(B,)``; exact inverse (F conditioner passes in the
     slow direction). Equivariant when the conditioner is.
     """
 
@@ -58,7 +60,7 @@ class AutoregressiveAffine(Flow):
 
     def _scale_and_shift(self, v: torch.Tensor, weights) -> Tuple[torch.Tensor, torch.Tensor]:
         s_raw, t = self.conditioner(v, weights)
-        s = self.scale.view(1, -1, 1, 1) * torch.tanh(s_raw)
+        s = self.scale.view((1, -1) + (1,) * (s_raw.dim() - 2)) * torch.tanh(s_raw)
         return s[:, self.scale_index], t
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:

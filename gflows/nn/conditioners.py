@@ -26,7 +26,7 @@ from torch import nn
 from .._escnn import enn
 from .equivariant import EquivariantConv, equivariant_layer
 from .fields import without_pointwise_nonlinearities
-from .masked import MaskedFieldConv
+from .masked import masked_field_layer
 
 #: Multiplies the initial weights of the output layer, so that a new flow starts close to the identity.
 OUTPUT_INIT_SCALE = 0.1
@@ -105,6 +105,8 @@ class MaskedConditioner(_Conditioner):
     Output ``(s_raw, t)``: ``t`` has type ``field_type``, ``s_raw`` one scalar field per field. The
     outputs of field ``order[k]`` depend only on the input fields ``order[:k]`` (so the first field's
     outputs are constants). Equivariant to the group of ``field_type`` (masks are field blocks).
+    Shapes as :class:`EquivariantConditioner`: images ``(B, C, H, W)``, or ``(B, C)`` for field types
+    on no base space (e.g. :func:`gflows.nn.point_coordinate_fields`; ``kernel_size`` is then unused).
     """
 
     def __init__(self, field_type, hidden_type, order: Sequence[int], *, hidden_layers: int = 1, kernel_size: int = 3) -> None:
@@ -119,7 +121,7 @@ class MaskedConditioner(_Conditioner):
         out_type = _with_scales(field_type.gspace, field_type, n)
         types = [(field_type, position)] + [(hidden_type, hidden_degrees)] * hidden_layers + [(out_type, position + position)]
         layers = [
-            MaskedFieldConv(a, b, da, db, strict=(i == len(types) - 2), kernel_size=kernel_size)
+            masked_field_layer(a, b, da, db, strict=(i == len(types) - 2), kernel_size=kernel_size)
             for i, ((a, da), (b, db)) in enumerate(zip(types[:-1], types[1:]))
         ]
         super().__init__(layers, field_type.size)

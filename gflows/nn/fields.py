@@ -5,7 +5,10 @@ scalar fields and hidden features are regular fields, whose :math:`|G|` channels
 
 On **points** of the plane there is no pixel grid: a point is one vector transforming by the standard
 representation :math:`A_g` (escnn's ``basespace_action``), and hidden features are regular fields of
-the same group on a zero-dimensional base space.
+the same group on a zero-dimensional base space. Where every :math:`A_g` is diagonal (the trivial
+group, :math:`C_2`, :math:`D_1`, :math:`D_2`), the two coordinates are fields of their own
+(:func:`point_coordinate_fields`), which a coupling can split; for :math:`C_N, D_N` with
+:math:`N\ge 3` the plane is one irreducible field and cannot be split.
 
 **Width rule.** A layer between :math:`F` regular fields has about :math:`F^2 |G|` free parameters
 per kernel position (a :math:`|G| \times |G|` block that commutes with the group has :math:`|G|`
@@ -41,6 +44,37 @@ def _point_space(group: Group):
 def point_fields(group: Group):
     """escnn ``FieldType`` of one point of the plane: the standard representation :math:`A_g`."""
     return enn.FieldType(_point_space(group), [group.gspace.basespace_action])
+
+
+def point_coordinate_fields(group: Group):
+    """escnn ``FieldType`` of one point of the plane as its two coordinates, one 1-dimensional field each.
+
+    The field of coordinate i transforms by :math:`g \mapsto (A_g)_{ii}` (``+1`` or ``-1``), so the type
+    acts on ``(B, 2)`` exactly like :math:`A_g` (``Group.act_points``) when every :math:`A_g` is diagonal:
+    the trivial group, :math:`C_2`, :math:`D_1` and :math:`D_2`. A coupling or an autoregressive flow
+    can then split ``x = (x_1, x_2)`` (the classical Cartesian split).
+
+    Raises:
+        ValueError: a group with an :math:`A_g` that mixes the coordinates (every :math:`C_N, D_N`
+            with :math:`N \ge 3`, whose rotations keep no line of the plane).
+    """
+    space = _point_space(group)
+    elements = group.elements()
+    matrices = [group.matrix(g) for g in elements]
+    mixing = [g for g, a in zip(elements, matrices) if abs(a[0, 1]) > 1e-9 or abs(a[1, 0]) > 1e-9]
+    if mixing:
+        raise ValueError(
+            f"{group.describe(mixing[0])} in {group.name} mixes the two coordinates of the plane, so they are "
+            "not fields of their own and no Cartesian split is respected: couple the radius and the direction "
+            "instead (gflows.flows.coupling.RadialCoupling / AngularCoupling, as models.build does for points)"
+        )
+    characters = [r for r in space.fibergroup.irreps() if r.size == 1]
+
+    def field_of(i: int):
+        signs = [round(float(a[i, i])) for a in matrices]
+        return next(r for r in characters if [round(float(r(g)[0, 0])) for g in elements] == signs)
+
+    return enn.FieldType(space, [field_of(0), field_of(1)])
 
 
 def point_regular_fields(group: Group, n: int):

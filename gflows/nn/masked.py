@@ -4,6 +4,7 @@ Give every input and output *field* a degree (an integer). :class:`MaskedFieldCo
 connections from an input field of degree :math:`d_j` to an output field of degree :math:`d_i` only
 when :math:`d_j \le d_i` (hidden layers) or :math:`d_j < d_i` (``strict``, the output layer), exactly
 as MADE does for single numbers (Germain et al. 2015), but for whole blocks of channels.
+:class:`MaskedFieldLinear` is the same for field types on no base space (points of the plane).
 
 **Why masking whole fields keeps equivariance.** The input and output representations are direct
 sums over fields, :math:`\rho_\text{in}=\bigoplus_j\rho_j`, :math:`\rho_\text{out}=\bigoplus_i\rho_i`,
@@ -33,7 +34,7 @@ from typing import Optional, Sequence, Tuple
 
 import torch
 
-from .equivariant import EquivariantConv
+from .equivariant import EquivariantConv, EquivariantLinear
 
 
 def field_mask(in_type, out_type, in_degrees: Sequence[int], out_degrees: Sequence[int], *, strict: bool) -> torch.Tensor:
@@ -51,7 +52,19 @@ def field_mask(in_type, out_type, in_degrees: Sequence[int], out_degrees: Sequen
     return blocks.double().repeat_interleave(out_sizes, dim=0).repeat_interleave(in_sizes, dim=1)
 
 
-class MaskedFieldConv(EquivariantConv):
+class _FieldMasked:
+    """Mixin for an escnn-backed layer: its expanded weight is multiplied by a :func:`field_mask`."""
+
+    def _register_field_mask(self, in_degrees: Sequence[int], out_degrees: Sequence[int], strict: bool) -> None:
+        self.register_buffer("mask", field_mask(self.in_type, self.out_type, in_degrees, out_degrees, strict=strict))
+
+    def weight_and_bias(self) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        weight, bias = super().weight_and_bias()
+        mask = self.mask.to(weight.dtype)
+        return weight * mask.reshape(mask.shape + (1,) * (weight.dim() - 2)), bias
+
+
+class MaskedFieldConv(_FieldMasked, EquivariantConv):
     """:class:`~gflows.nn.equivariant.EquivariantConv` whose filter blocks between fields are masked by
     degree (see the module docstring). Shapes as for ``EquivariantConv``; equivariant to the group of
     the field types; output field i depends only on input fields j with ``d_j < d_i`` (``strict``) or
@@ -61,8 +74,23 @@ class MaskedFieldConv(EquivariantConv):
     def __init__(self, in_type, out_type, in_degrees: Sequence[int], out_degrees: Sequence[int], *,
                  strict: bool, kernel_size: int = 3, bias: bool = True) -> None:
         super().__init__(in_type, out_type, kernel_size, bias=bias)
-        self.register_buffer("mask", field_mask(in_type, out_type, in_degrees, out_degrees, strict=strict))
+        self._register_field_mask(in_degrees, out_degrees, strict)
 
-    def weight_and_bias(self) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-        weight, bias = super().weight_and_bias()
-        return weight * self.mask.to(weight.dtype)[:, :, None, None], bias
+
+class MaskedFieldLinear(_FieldMasked, EquivariantLinear):
+    """:class:`~gflows.nn.equivariant.EquivariantLinear` (field types on no base space, e.g. points of the
+    plane) with the same degree masks as :class:`MaskedFieldConv`. Shapes ``(B, in) -> (B, out)``."""
+
+    def __init__(self, in_type, out_type, in_degrees: Sequence[int], out_degrees: Sequence[int], *,
+                 strict: bool, bias: bool = True) -> None:
+        super().__init__(in_type, out_type, bias=bias)
+        self._register_field_mask(in_degrees, out_degrees, strict)
+
+
+def masked_field_layer(in_type, out_type, in_degrees: Sequence[int], out_degrees: Sequence[int], *,
+                       strict: bool, kernel_size: int = 3):
+    """:class:`MaskedFieldConv` for field types on the plane, :class:`MaskedFieldLinear` on no base space
+    (``kernel_size`` is then unused), as :func:`~gflows.nn.equivariant.equivariant_layer` chooses."""
+    if in_type.gspace.dimensionality == 0:
+        return MaskedFieldLinear(in_type, out_type, in_degrees, out_degrees, strict=strict)
+    return MaskedFieldConv(in_type, out_type, in_degrees, out_degrees, strict=strict, kernel_size=kernel_size)
