@@ -69,19 +69,15 @@ def _check_exact_on_images(G: Group) -> None:
         )
 
 
-def _check_points_output(out, x: torch.Tensor) -> None:
-    if not torch.is_tensor(out) or out.shape != x.shape:
-        shape = tuple(out.shape) if torch.is_tensor(out) else type(out).__name__
-        raise ValueError(f"a map of points must return (B, 2) like its input {tuple(x.shape)}, got {shape}")
-
-
 def symmetrize(f: Callable[[torch.Tensor], torch.Tensor], G: Group, *, in_field_type=None,
                out_field_type=None) -> Callable[[torch.Tensor], torch.Tensor]:
     r"""The Reynolds operator: :math:`\bar f(x) = \frac{1}{\lvert G\rvert}\sum_g g^{-1}\cdot f(g\cdot x)`.
 
     Args:
         f: a map of points ``(B, 2) -> (B, 2)`` (e.g. a vector field of the plane) or of images
-            ``(B, C, H, W) -> (B, C', H, W)``; the kind is read from each input's shape.
+            ``(B, C, H, W) -> (B, C', H, W)``; the kind is read from each input's shape. On points
+            ``f`` is called once, on the ``|G| B`` moved points stacked along the batch (so it must
+            treat points independently); on images once per element.
         G: the group. Points: every element, acting by its 2x2 matrix :math:`A_g`. Images: every
             element must act exactly on the grid (ValueError otherwise, at the first call).
         in_field_type, out_field_type: escnn field types of the input / output channels of an
@@ -92,16 +88,17 @@ def symmetrize(f: Callable[[torch.Tensor], torch.Tensor], G: Group, *, in_field_
     """
 
     def averaged(x: torch.Tensor) -> torch.Tensor:
-        if _kind(x) == "points":
-            def term(g):
-                out = f(G.act_points(x, g))
-                _check_points_output(out, x)
-                return G.act_points(out, ~g)
+        elements = G.elements()
+        if _kind(x) == "points":  # one call of f on the whole orbit batch, (|G| B, 2)
+            out = f(torch.cat([G.act_points(x, g) for g in elements]))
+            if not torch.is_tensor(out) or out.shape != (G.order * x.shape[0], 2):
+                shape = tuple(out.shape) if torch.is_tensor(out) else type(out).__name__
+                raise ValueError(f"a map of points must return (B, 2) like its input, got {shape} for {G.order * x.shape[0]} points")
+            terms = [G.act_points(chunk, ~g) for chunk, g in zip(out.split(x.shape[0]), elements)]
         else:
             _check_exact_on_images(G)
-            def term(g):
-                return G.act_image(f(G.act_image(x, g, in_field_type)), ~g, out_field_type)
-        return sum(term(g) for g in G.elements()) / G.order
+            terms = [G.act_image(f(G.act_image(x, g, in_field_type)), ~g, out_field_type) for g in elements]
+        return sum(terms) / G.order
 
     averaged.__doc__ = f"The {G.name}-average of {getattr(f, '__name__', repr(f))}: equivariant."
     return averaged
@@ -109,16 +106,16 @@ def symmetrize(f: Callable[[torch.Tensor], torch.Tensor], G: Group, *, in_field_
 
 def _orbit_values(phi: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, G: Group) -> torch.Tensor:
     """``(|G|, B)``: ``phi(g . x)`` for every element g (points: all; images: exact groups only)."""
-    if _kind(x) == "points":
-        moved = [G.act_points(x, g) for g in G.elements()]
+    if _kind(x) == "points":  # one call on the whole orbit batch, (|G| B, 2)
+        outputs, per_call = [phi(torch.cat([G.act_points(x, g) for g in G.elements()]))], G.order * x.shape[0]
     else:
         _check_exact_on_images(G)
-        moved = [G.act_image(x, g) for g in G.elements()]
-    values = torch.stack([phi(m) for m in moved])
-    if values.shape != (G.order, x.shape[0]):
-        raise ValueError(f"a scalar function must return one value per sample, shape ({x.shape[0]},), "
-                         f"got {tuple(values.shape[1:])}")
-    return values
+        outputs, per_call = [phi(G.act_image(x, g)) for g in G.elements()], x.shape[0]
+    for values in outputs:
+        if not torch.is_tensor(values) or values.shape != (per_call,):
+            shape = tuple(values.shape) if torch.is_tensor(values) else type(values).__name__
+            raise ValueError(f"a scalar function must return one value per sample, shape ({per_call},); got {shape}")
+    return torch.cat(outputs).reshape(G.order, x.shape[0])
 
 
 def symmetrize_function(phi: Callable[[torch.Tensor], torch.Tensor], G: Group) -> Callable[[torch.Tensor], torch.Tensor]:

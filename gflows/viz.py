@@ -397,7 +397,7 @@ def _transport_frame(ax: Axes, transport, positions: torch.Tensor, colours: np.n
     grid = torch.stack(torch.meshgrid(ticks, ticks, indexing="xy"), dim=-1).reshape(-1, 2)
     density = transport.density(grid, t).reshape(resolution, resolution).numpy()
     ax.imshow(density, origin="lower", extent=(-half, half, -half, half), cmap="Blues", interpolation="bilinear")
-    ax.scatter(positions[:, 0].numpy(), positions[:, 1].numpy(), c=colours, cmap="twilight", s=4,
+    ax.scatter(positions[:, 0].numpy(), positions[:, 1].numpy(), c=colours, cmap="hsv", s=4,
                vmin=-np.pi, vmax=np.pi, linewidths=0)
     ax.set_xlim(-half, half)
     ax.set_ylim(-half, half)
