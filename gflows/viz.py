@@ -350,7 +350,7 @@ def _symmetrization_row(container, field: Callable[[torch.Tensor], torch.Tensor]
         on_grid = checks.equivariance_error(f, grid, G)
         _field_panel(ax, f, G, point, grid,
                      f"{name}\nmax |f(g·x) − g·f(x)|: {at_point:.1e} at x, {on_grid:.1e} on the grid")
-    container.suptitle(f"{G.name} ({G.order} elements): colour f(g·x), black outline g·f(x)", fontsize=10)
+    container.suptitle(f"{G.name} ({G.order} element{'s' if G.order > 1 else ''}): colour f(g·x), black outline g·f(x)", fontsize=10)
 
 
 def plot_symmetrization(field: Callable[[torch.Tensor], torch.Tensor], G: Group, point, *, extent: float = 2.0,
