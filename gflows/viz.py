@@ -15,11 +15,13 @@ same code.
   :math:`f(g\cdot x)` and :math:`g\cdot f(x)` along an orbit; :func:`symmetrization_grid` is its
   static twin over several groups;
 * :func:`plot_transport`, :func:`transport_animation`: snapshots and an animation of a transport
-  flow (:class:`gflows.transport.MoserTransport`) moving points while the density changes.
+  flow (:class:`gflows.transport.MoserTransport`) moving points while the density changes;
+  :func:`animation_html` turns an animation into self-contained HTML for the offline book.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Callable, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
@@ -438,9 +440,9 @@ def transport_animation(transport, points, *, n_frames: int = 17, resolution: in
                         dpi: int = 60):
     r"""The flow of :func:`plot_transport` as a ``matplotlib.animation.FuncAnimation`` of ``n_frames`` frames.
 
-    For the book: ``IPython.display.HTML(transport_animation(...).to_jshtml())`` embeds the frames as
-    PNGs with a player, so the animation plays without a kernel; ``size`` (inches) and ``dpi`` keep
-    it small (roughly 30-60 KB per frame).
+    For the book: ``IPython.display.HTML(animation_html(transport_animation(...)))`` embeds the
+    frames as PNGs with a player, so the animation plays without a kernel or a network; ``size``
+    (inches) and ``dpi`` keep it small (roughly 50-100 KB per frame).
     """
     path, colours = _trajectory_and_colours(transport, points)
     steps = np.unique(np.round(np.linspace(0, transport.n_steps, n_frames)).astype(int))
@@ -452,3 +454,23 @@ def transport_animation(transport, points, *, n_frames: int = 17, resolution: in
         _transport_frame(ax, transport, path[k], colours, k / transport.n_steps, resolution)
 
     return FuncAnimation(fig, draw, frames=list(steps), interval=250)
+
+
+#: Text for the player buttons of ``FuncAnimation.to_jshtml``, whose icons otherwise come from a CDN.
+_PLAYER_ICONS = {
+    "fa fa-minus": "\u2212", "fa fa-fast-backward": "|\u25c2", "fa fa-step-backward": "\u25c2",
+    "fa fa-play fa-flip-horizontal": "\u25c0", "fa fa-pause": "\u275a\u275a", "fa fa-play": "\u25b6",
+    "fa fa-step-forward": "\u25b8", "fa fa-fast-forward": "\u25b8|", "fa fa-plus": "+",
+}
+
+
+def animation_html(animation) -> str:
+    """``animation.to_jshtml()`` made self-contained: the frames and player as HTML, with no request
+    to another host (matplotlib's player loads Font Awesome from a CDN for its button icons; the
+    buttons get plain-text symbols instead), so it plays in an offline book."""
+    html = re.sub(r'<link rel="stylesheet"\s+href="https://[^"]*font-awesome[^"]*">', "", animation.to_jshtml())
+    for icon, text in _PLAYER_ICONS.items():
+        html = html.replace(f'<i class="{icon}"></i>', text)
+    if "://" in re.sub(r"data:image/\w+;base64,[^\"']*", "", html):
+        raise RuntimeError("matplotlib's animation player changed: it still refers to another host")
+    return html

@@ -178,5 +178,7 @@ def test_transport_snapshots_and_animation():
     final = torch.as_tensor(fig.axes[-1].collections[0].get_offsets())
     assert (final - transport(points)).abs().max() < 1e-12
     animation = viz.transport_animation(transport, points, n_frames=3, resolution=10, dpi=20)
-    html = animation.to_jshtml()
+    html = viz.animation_html(animation)
     assert html.count("data:image/png;base64") == 3
+    assert "https://" not in html and "font-awesome" not in html      # plays in an offline book
+    assert "\u25b6" in html                                             # the play button has a label
