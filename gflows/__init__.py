@@ -4,12 +4,14 @@ The companion package of the gflows book. Modules, imports flowing one way:
 
 * :mod:`gflows.groups`  - symmetry groups of the plane and their exact actions on images and points;
 * :mod:`gflows.flows`   - the flow protocol, density model and invertible layers;
+* :mod:`gflows.symmetrize` - Haar averaging (the Reynolds operator): equivariant maps, invariant functions;
+* :mod:`gflows.transport` - Moser's construction: an equivariant map pushing one invariant density onto another;
 * :mod:`gflows.checks`  - equivariance, invariance, inverse and log-det checks;
 * :mod:`gflows.runtime` - the ``quick`` / ``full`` profile switch;
 * :mod:`gflows.viz`, :mod:`gflows.widgets` - figures and their interactive twins.
 """
 
-from . import checks, flows, groups, runtime
+from . import checks, flows, groups, runtime, symmetrize, transport
 
 __version__ = "0.1.0"
-__all__ = ["checks", "flows", "groups", "runtime", "__version__"]
+__all__ = ["checks", "flows", "groups", "runtime", "symmetrize", "transport", "__version__"]

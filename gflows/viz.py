@@ -10,20 +10,30 @@ same code.
 * :func:`equivariance_grid`: the same row for every element (the static twin of the widget);
 * :func:`plot_orbit_points`: orbits of points of the plane, optionally over a density;
 * :func:`plot_flow`: a flow on :math:`x` and on :math:`g\cdot x`: the split it uses, the latents and
-  :math:`\log p`; :func:`flow_grid` is its static twin over the group.
+  :math:`\log p`; :func:`flow_grid` is its static twin over the group;
+* :func:`plot_symmetrization`: a vector field of the plane and its Reynolds average, with the arrows
+  :math:`f(g\cdot x)` and :math:`g\cdot f(x)` along an orbit; :func:`symmetrization_grid` is its
+  static twin over several groups;
+* :func:`plot_transport`, :func:`transport_animation`: snapshots and an animation of a transport
+  flow (:class:`gflows.transport.MoserTransport`) moving points while the density changes;
+  :func:`animation_html` turns an animation into self-contained HTML for the offline book.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Callable, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from matplotlib import colormaps
+from matplotlib.animation import FuncAnimation
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from . import checks
 from .groups import Group, GroupElement
+from .symmetrize import symmetrize
 
 #: Column titles of an equivariance row.
 PANELS = ("x", "g·x", "f(x)", "f(g·x)", "g·f(x)")
@@ -298,3 +308,169 @@ def flow_grid(model, x: torch.Tensor, G: Group, *, elements: Optional[Sequence[G
     for container, g in zip(fig.subfigures(len(elements), 1, squeeze=False)[:, 0], elements):
         _flow_row(container, model, x, G, g, mask)
     return fig
+
+
+# ------------------------------------------------------------------------------ Haar averaging
+def _field_panel(ax: Axes, field: Callable[[torch.Tensor], torch.Tensor], G: Group, point: torch.Tensor,
+                 grid: torch.Tensor, title: str) -> None:
+    """Quiver of ``field`` on ``grid``; at each orbit point g·x the arrows f(g·x) (colour) and g·f(x) (outline)."""
+    values = field(grid)
+    ax.quiver(grid[:, 0].numpy(), grid[:, 1].numpy(), values[:, 0].numpy(), values[:, 1].numpy(),
+              color="0.7", angles="xy", scale_units="xy", scale=None, width=0.004)
+    at_point = field(point)
+    scale = float(torch.cat([field(G.act_points(point, g)) for g in G.elements()]).norm(dim=-1).max()) or 1.0
+    length = 0.6 / scale                                          # the longest orbit arrow is 0.6 long
+    for i, g in enumerate(G.elements()):
+        where = G.act_points(point, g)[0].numpy()
+        colour = _element_colour(i, G.order)
+        moved_then_f = field(G.act_points(point, g))[0].numpy() * length
+        f_then_moved = G.act_points(at_point, g)[0].numpy() * length
+        ax.annotate("", where + f_then_moved, where, zorder=4,
+                    arrowprops=dict(arrowstyle="-|>", lw=2.6, color="black", fill=False, shrinkA=0, shrinkB=0))
+        ax.annotate("", where + moved_then_f, where, zorder=5,
+                    arrowprops=dict(arrowstyle="-|>", lw=1.4, color=colour, shrinkA=0, shrinkB=0))
+        ax.scatter(*where, s=30, color=colour, edgecolors="black" if i == 0 else "none", zorder=6)
+    extent = float(grid.abs().max()) * 1.1
+    ax.set_xlim(-extent, extent)
+    ax.set_ylim(-extent, extent)
+    ax.set_aspect("equal")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(title, fontsize=9)
+
+
+@torch.no_grad()
+def _symmetrization_row(container, field: Callable[[torch.Tensor], torch.Tensor], G: Group, point,
+                        extent: float, arrows: int) -> None:
+    point = _as_points(point)[:1]
+    ticks = torch.linspace(-extent, extent, arrows, dtype=torch.float64)
+    grid = torch.stack(torch.meshgrid(ticks, ticks, indexing="xy"), dim=-1).reshape(-1, 2)
+    averaged = symmetrize(field, G)
+    axes = container.subplots(1, 2)
+    for ax, f, name in zip(axes, (field, averaged), ("f", "f̄ (average over the group)")):
+        at_point = checks.equivariance_error(f, point, G)
+        on_grid = checks.equivariance_error(f, grid, G)
+        _field_panel(ax, f, G, point, grid,
+                     f"{name}\nmax |f(g·x) − g·f(x)|: {at_point:.1e} at x, {on_grid:.1e} on the grid")
+    container.suptitle(f"{G.name} ({G.order} element{'s' if G.order > 1 else ''}): colour f(g·x), black outline g·f(x)", fontsize=10)
+
+
+def plot_symmetrization(field: Callable[[torch.Tensor], torch.Tensor], G: Group, point, *, extent: float = 2.0,
+                        arrows: int = 15) -> Figure:
+    r"""A vector field of the plane and its Reynolds average over ``G``, side by side.
+
+    Each panel draws the field on a grid (grey) and, at every point :math:`g\cdot x` of the orbit of
+    ``point``, two arrows: :math:`f(g\cdot x)` in the element's colour and :math:`g\cdot f(x)` as a
+    black outline (same scale). They coincide for every element exactly when the field is
+    equivariant at ``x``; the titles print the measured errors
+    :math:`\max_g\lvert f(g\cdot x) - g\cdot f(x)\rvert` at ``x`` and on the grid
+    (:func:`gflows.checks.equivariance_error`). The right panel is
+    :func:`gflows.symmetrize.symmetrize` of the left one: always equivariant.
+
+    Args:
+        field: a map of points ``(B, 2) float64 -> (B, 2)``.
+        G: the group, acting by its 2x2 matrices (every element; any C_N or D_N).
+        point: the point x, ``(2,)``.
+        extent: the square ``[-extent, extent]^2`` is drawn; arrows: grid arrows per side.
+    Returns:
+        A figure with two axes.
+    """
+    fig = Figure(figsize=(9.0, 4.9), layout="constrained")
+    _symmetrization_row(fig, field, G, point, extent, arrows)
+    return fig
+
+
+def symmetrization_grid(field: Callable[[torch.Tensor], torch.Tensor], groups_: Sequence[Group], point, *,
+                        extent: float = 2.0, arrows: int = 15) -> Figure:
+    """:func:`plot_symmetrization` for several groups, one row each (``fig.subfigs``): the static twin of
+    :func:`gflows.widgets.symmetrization_explorer`."""
+    fig = Figure(figsize=(9.0, 4.9 * len(groups_)), layout="constrained")
+    for container, G in zip(fig.subfigures(len(groups_), 1, squeeze=False)[:, 0], groups_):
+        _symmetrization_row(container, field, G, point, extent, arrows)
+    return fig
+
+
+# ------------------------------------------------------------------------------ transport maps
+def _transport_frame(ax: Axes, transport, positions: torch.Tensor, colours: np.ndarray, t: float,
+                     resolution: int) -> None:
+    """The density rho_t of a :class:`~gflows.transport.MoserTransport` and the moved points at time t."""
+    half = transport.half_width
+    ticks = torch.linspace(-half, half, resolution, dtype=torch.float64)
+    grid = torch.stack(torch.meshgrid(ticks, ticks, indexing="xy"), dim=-1).reshape(-1, 2)
+    density = transport.density(grid, t).reshape(resolution, resolution).numpy()
+    ax.imshow(density, origin="lower", extent=(-half, half, -half, half), cmap="Blues", interpolation="bilinear")
+    ax.scatter(positions[:, 0].numpy(), positions[:, 1].numpy(), c=colours, cmap="hsv", s=4,
+               vmin=-np.pi, vmax=np.pi, linewidths=0)
+    ax.set_xlim(-half, half)
+    ax.set_ylim(-half, half)
+    ax.set_aspect("equal")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(f"t = {t:.2f}", fontsize=9)
+
+
+@torch.no_grad()
+def _trajectory_and_colours(transport, points) -> Tuple[torch.Tensor, np.ndarray]:
+    points = _as_points(points)
+    return transport.trajectory(points), torch.atan2(points[:, 1], points[:, 0]).numpy()
+
+
+def plot_transport(transport, points, *, times: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0),
+                   resolution: int = 120) -> Figure:
+    r"""Snapshots of a transport flow: :math:`\rho_t` (blue) and the points :math:`X_t(x)` at several times.
+
+    Args:
+        transport: a :class:`gflows.transport.MoserTransport` (``trajectory``, ``density``,
+            ``half_width``, ``n_steps``).
+        points: ``(P, 2)`` starting points in the square, coloured by their initial angle (so an
+            equivariant flow keeps the colour pattern symmetric).
+        times: snapshot times, rounded to the nearest RK4 step :math:`k/K`.
+    Returns:
+        A figure with one axes per time.
+    """
+    path, colours = _trajectory_and_colours(transport, points)
+    fig = Figure(figsize=(2.3 * len(times), 2.5), layout="constrained")
+    for ax, t in zip(fig.subplots(1, len(times), squeeze=False)[0], times):
+        k = int(round(t * transport.n_steps))
+        _transport_frame(ax, transport, path[k], colours, k / transport.n_steps, resolution)
+    return fig
+
+
+def transport_animation(transport, points, *, n_frames: int = 17, resolution: int = 80, size: float = 3.6,
+                        dpi: int = 60):
+    r"""The flow of :func:`plot_transport` as a ``matplotlib.animation.FuncAnimation`` of ``n_frames`` frames.
+
+    For the book: ``IPython.display.HTML(animation_html(transport_animation(...)))`` embeds the
+    frames as PNGs with a player, so the animation plays without a kernel or a network; ``size``
+    (inches) and ``dpi`` keep it small (roughly 50-100 KB per frame).
+    """
+    path, colours = _trajectory_and_colours(transport, points)
+    steps = np.unique(np.round(np.linspace(0, transport.n_steps, n_frames)).astype(int))
+    fig = Figure(figsize=(size, size), dpi=dpi, layout="constrained")
+    ax = fig.add_subplot()
+
+    def draw(k: int) -> None:
+        ax.clear()
+        _transport_frame(ax, transport, path[k], colours, k / transport.n_steps, resolution)
+
+    return FuncAnimation(fig, draw, frames=list(steps), interval=250)
+
+
+#: Text for the player buttons of ``FuncAnimation.to_jshtml``, whose icons otherwise come from a CDN.
+_PLAYER_ICONS = {
+    "fa fa-minus": "\u2212", "fa fa-fast-backward": "|\u25c2", "fa fa-step-backward": "\u25c2",
+    "fa fa-play fa-flip-horizontal": "\u25c0", "fa fa-pause": "\u275a\u275a", "fa fa-play": "\u25b6",
+    "fa fa-step-forward": "\u25b8", "fa fa-fast-forward": "\u25b8|", "fa fa-plus": "+",
+}
+
+
+def animation_html(animation) -> str:
+    """``animation.to_jshtml()`` made self-contained: the frames and player as HTML, with no request
+    to another host (matplotlib's player loads Font Awesome from a CDN for its button icons; the
+    buttons get plain-text symbols instead), so it plays in an offline book."""
+    html = re.sub(r'<link rel="stylesheet"\s+href="https://[^"]*font-awesome[^"]*">', "", animation.to_jshtml())
+    for icon, text in _PLAYER_ICONS.items():
+        html = html.replace(f'<i class="{icon}"></i>', text)
+    if "://" in re.sub(r"data:image/\w+;base64,[^\"']*", "", html):
+        raise RuntimeError("matplotlib's animation player changed: it still refers to another host")
+    return html

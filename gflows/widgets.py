@@ -17,7 +17,7 @@ from typing import Callable, Optional, Sequence
 import ipywidgets
 import torch
 
-from . import viz
+from . import groups, viz
 from .groups import Group, GroupElement
 
 
@@ -74,3 +74,27 @@ def flow_explorer(model, x: torch.Tensor, G: Group, *, elements: Optional[Sequen
     returns ``VBox([slider, output])`` like :func:`equivariance_explorer`."""
     elements = list(G.exact_elements() if elements is None else elements)
     return _element_slider(G, elements, lambda g: viz.plot_flow(model, x, G, g, mask=mask))
+
+
+def symmetrization_explorer(field: Callable[[torch.Tensor], torch.Tensor], *, point=(1.2, 0.5), max_order: int = 8,
+                            extent: float = 2.0) -> ipywidgets.VBox:
+    """Controls for the group (C_N or D_N, N = 1..``max_order``) and the point x around
+    :func:`gflows.viz.plot_symmetrization`: a vector field, its Reynolds average, the orbit of x and the
+    measured equivariance errors. Returns ``VBox([HBox([family, N]), HBox([x, y]), output])``: a
+    ``ToggleButtons`` (``"C"``/``"D"``), an ``IntSlider`` (N), two ``FloatSlider``s (the point) and the
+    ``Output`` holding the figure."""
+    family = ipywidgets.ToggleButtons(options=["C", "D"], value="C", description="group")
+    order = ipywidgets.IntSlider(value=4, min=1, max=max_order, description="N", continuous_update=False)
+    x, y = (ipywidgets.FloatSlider(value=float(v), min=-extent, max=extent, step=0.05, description=name,
+                                   continuous_update=False) for v, name in zip(point, ("x", "y")))
+    output = ipywidgets.Output()
+
+    def redraw(change=None) -> None:
+        G = groups.get(f"{family.value}{order.value}")
+        fig = viz.plot_symmetrization(field, G, torch.tensor([x.value, y.value], dtype=torch.float64), extent=extent)
+        output.outputs = (_display_data(fig),)
+
+    for control in (family, order, x, y):
+        control.observe(redraw, names="value")
+    redraw()
+    return ipywidgets.VBox([ipywidgets.HBox([family, order]), ipywidgets.HBox([x, y]), output])

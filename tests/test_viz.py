@@ -137,3 +137,48 @@ def test_titles_print_log_p_of_x_and_of_its_image(D4, steerable, image):
     fig = viz.equivariance_grid(f, image, D4, out_field_type=out_type, log_prob=shifted)
     pairs = [values.search(sub.get_suptitle()).groups() for sub in fig.subfigs]
     assert any(a != b for a, b in pairs)
+
+
+SYMMETRY_ERRORS = re.compile(r"max \|f\(g·x\) − g·f\(x\)\|: ([0-9.e+-]+) at x, ([0-9.e+-]+) on the grid")
+
+
+def breeze(x):
+    """A vector field of the plane with no symmetry, (B, 2) -> (B, 2)."""
+    return torch.stack([0.6 + 0.5 * torch.sin(1.5 * x[:, 1]), 0.2 + 0.4 * x[:, 0] ** 2 - 0.3 * x[:, 1]], dim=-1)
+
+
+def test_plot_symmetrization_measures_the_field_and_its_average():
+    fig = viz.plot_symmetrization(breeze, groups.get("D5"), [1.2, 0.5], arrows=7)
+    raw, averaged = (tuple(map(float, SYMMETRY_ERRORS.search(ax.get_title()).groups())) for ax in fig.axes)
+    assert min(raw) > 0.1 and max(averaged) < 1e-12
+    assert len(fig.axes[0].patches) == 0 and len(fig.axes[0].texts) == 2 * 10  # two arrows per orbit point
+    grid = viz.symmetrization_grid(breeze, [groups.get("C3"), groups.get("D4")], [1.0, 0.2], arrows=5)
+    assert len(grid.subfigs) == 2 and "D4 (8 elements)" in grid.subfigs[1].get_suptitle()
+
+
+def test_symmetrization_explorer_redraws_for_the_chosen_group():
+    box = widgets.symmetrization_explorer(breeze)
+    (family, order), (x, y), output = box.children[0].children, box.children[1].children, box.children[2]
+    first = output.outputs[0]["data"]["image/png"]
+    family.value, order.value = "D", 5
+    assert output.outputs[0]["data"]["image/png"] != first
+    x.value = -0.7
+    assert output.outputs[0]["output_type"] == "display_data"
+
+
+def test_transport_snapshots_and_animation():
+    from gflows.transport import MoserTransport, gaussian_bumps
+
+    D4 = groups.get("D4")
+    transport = MoserTransport(gaussian_bumps([[0.8, 0.3]], 0.25, group=D4), gaussian_bumps([[0.0, 0.0]], 0.5),
+                               half_width=1.5, grid_size=16, n_steps=4)
+    points = torch.rand(50, 2, dtype=torch.float64) * 2 - 1
+    fig = viz.plot_transport(transport, points, times=(0.0, 0.5, 1.0), resolution=20)
+    assert [ax.get_title() for ax in fig.axes] == ["t = 0.00", "t = 0.50", "t = 1.00"]
+    final = torch.as_tensor(fig.axes[-1].collections[0].get_offsets())
+    assert (final - transport(points)).abs().max() < 1e-12
+    animation = viz.transport_animation(transport, points, n_frames=3, resolution=10, dpi=20)
+    html = viz.animation_html(animation)
+    assert html.count("data:image/png;base64") == 3
+    assert "https://" not in html and "font-awesome" not in html      # plays in an offline book
+    assert "\u25b6" in html                                             # the play button has a label
