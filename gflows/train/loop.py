@@ -38,7 +38,6 @@ import json
 import math
 import time
 from dataclasses import dataclass, field
-from itertools import islice
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -311,8 +310,7 @@ def fit(
         add_row(options.learning_rate(0))
     checkpoint_every = options.checkpoint_every or options.eval_every
     while progress.step < options.steps:
-        batches = islice(train_source.epoch(progress.epoch, shard, rank=current.rank, world_size=current.size), progress.position, None)
-        for x in batches:
+        for x in train_source.epoch(progress.epoch, shard, rank=current.rank, world_size=current.size, start=progress.position):
             lr = optimiser.param_groups[0]["lr"]
             loss = objective(x.to(device=device, dtype=_dtype(model))).mean()
             optimiser.zero_grad(set_to_none=True)
