@@ -58,7 +58,7 @@ def test_a_killed_and_resumed_run_repeats_the_uninterrupted_one(kind, shape, tmp
     train_data, test_data = _data(shape, 40, 1), _data(shape, 16, 2)
     whole = train.fit(_model(kind, shape), train_data, test_data, options, out=tmp_path / "whole")
 
-    def kill(step):
+    def kill(step, history):
         if step == 5:
             raise Killed
 
@@ -118,7 +118,7 @@ def test_warmup_clipping_and_ema_follow_their_definitions():
     model = _model("coupling", POINTS)
     weights, clipped_norms = [], []
 
-    def record(step):
+    def record(step, history):
         clipped_norms.append(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters()])).item())
         weights.append([p.detach().clone() for p in model.parameters()])
 

@@ -116,13 +116,18 @@ class ImageSource:
         return image_data.eval_batches(self.images, batch_size, seed=self.seed)
 
 
-def as_source(data, seed: int = 0, augment: Optional[str] = None) -> Source:
-    """A :class:`Source` for ``data``: a float tensor, an ``ImageSet``, or a source already."""
+def as_source(data, seed: int = 0, augment: Optional[str] = None, rotation: Optional[float] = None) -> Source:
+    """A :class:`Source` for ``data``: a float tensor, an ``ImageSet``, or a source already (which
+    brings its own augmentation, so ``augment`` and ``rotation`` must be ``None``)."""
     if torch.is_tensor(data):
+        if rotation is not None:
+            raise ValueError("random rotations (rotation=) need an ImageSet of 8-bit images, not a tensor")
         return TensorSource(data, seed, augment)
     if isinstance(data, ImageSet):
-        return ImageSource(data, seed, augment)
+        return ImageSource(data, seed, augment, rotation)
     if all(hasattr(data, name) for name in ("epoch", "evaluation", "data_shape", "__len__")):
+        if augment is not None or rotation is not None:
+            raise ValueError("a Source brings its own batches: augment it there, not with augment= / rotation=")
         return data
     raise TypeError(
         f"cannot train on a {type(data).__name__}: pass a float tensor (N, *data_shape), "
