@@ -27,6 +27,7 @@ the configuration's batch size, which also gives the expected GPU hours of the r
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from pathlib import Path
@@ -60,8 +61,9 @@ TITLES = {"residual": "G-Residual flow", "coupling": "G-Coupling flow", "iaf": "
 README = experiment.CONFIGS / "README.md"
 
 
+@functools.lru_cache(maxsize=None)
 def parameters(kind: str, group: str, shape, **hparams) -> int:
-    """Parameter count of ``models.build(kind, group, shape, **hparams)``."""
+    """Parameter count of ``models.build(kind, group, shape, **hparams)`` (remembered: datasets share shapes)."""
     return sum(p.numel() for p in models.build(kind, group=group, data_shape=shape, **hparams).parameters())
 
 

@@ -3,8 +3,9 @@
 :func:`derive_seed` turns ``(seed, "train", rank)`` into an independent 63-bit seed, so that the
 model's initial weights, the data order, the training noise of each process (Hutchinson probes,
 Russian-roulette draws) and the evaluation noise never share a stream. :func:`capture` and
-:func:`restore` save and set every generator a run touches (torch on CPU and CUDA, numpy, Python's
-``random``) as tensors and plain types, so that a checkpoint loads with ``weights_only=True``.
+:func:`restore` save and set every generator a run touches (torch on the CPU and on this process's
+GPU, numpy, Python's ``random``) as tensors and plain types, so that a checkpoint loads with
+``weights_only=True``.
 
 >>> derive_seed(0, "data") == derive_seed(0, "data") != derive_seed(1, "data")
 True
