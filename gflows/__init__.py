@@ -7,6 +7,7 @@ The companion package of the gflows book. Modules, imports flowing one way:
 * :mod:`gflows.symmetrize` - Haar averaging (the Reynolds operator): equivariant maps, invariant functions;
 * :mod:`gflows.transport` - Moser's construction: an equivariant map pushing one invariant density onto another;
 * :mod:`gflows.checks`  - equivariance, invariance, inverse and log-det checks;
+* :mod:`gflows.train`   - fit a flow to points or images: notebooks, ``python -m gflows.train``, torchrun;
 * :mod:`gflows.runtime` - the ``quick`` / ``full`` profile switch;
 * :mod:`gflows.viz`, :mod:`gflows.widgets` - figures and their interactive twins.
 """
