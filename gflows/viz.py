@@ -10,12 +10,15 @@ same code.
 * :func:`equivariance_grid`: the same row for every element (the static twin of the widget);
 * :func:`plot_orbit_points`: orbits of points of the plane, optionally over a density;
 * :func:`plot_flow`: a flow on :math:`x` and on :math:`g\cdot x`: the split it uses, the latents and
-  :math:`\log p`; :func:`flow_grid` is its static twin over the group.
+  :math:`\log p`; :func:`flow_grid` is its static twin over the group;
+* :func:`image_grid`: a batch of images (data or samples) as one tiled picture;
+* :func:`plot_data_efficiency`: a metric against the number of training images, with error bars;
+* :func:`plot_curves`: learning curves (a metric against steps or seconds), with bands.
 """
 
 from __future__ import annotations
 
-from typing import Callable, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Callable, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -298,3 +301,110 @@ def flow_grid(model, x: torch.Tensor, G: Group, *, elements: Optional[Sequence[G
     for container, g in zip(fig.subfigures(len(elements), 1, squeeze=False)[:, 0], elements):
         _flow_row(container, model, x, G, g, mask)
     return fig
+
+
+def _tiles(images: torch.Tensor, columns: int) -> np.ndarray:
+    """``(N, C, H, W)`` images tiled ``columns`` to a row, one blank pixel between tiles:
+    ``(rows*(H+1)-1, columns*(W+1)-1)`` for C = 1, with a trailing axis of 3 for C = 3 (RGB)."""
+    n, channels, h, w = images.shape
+    rows = -(-n // columns)
+    pictures = images.detach().to(torch.float64).cpu().clamp(0, 1).permute(0, 2, 3, 1).numpy()
+    canvas = np.full((rows * (h + 1) - 1, columns * (w + 1) - 1, channels), np.nan if channels == 1 else 1.0)
+    for i, picture in enumerate(pictures):
+        r, q = divmod(i, columns)
+        canvas[r * (h + 1):r * (h + 1) + h, q * (w + 1):q * (w + 1) + w] = picture
+    return canvas[..., 0] if channels == 1 else canvas
+
+
+def image_grid(images: torch.Tensor, *, columns: Optional[int] = None, title: Optional[str] = None,
+               ax: Optional[Axes] = None) -> Figure:
+    """A batch of images as one picture, ``columns`` tiles to a row (default: as square as possible).
+
+    Args:
+        images: ``(N, C, H, W)`` with C = 1 (drawn dark on light, like ink) or C = 3 (RGB), values
+            in [0, 1] (values outside are clipped).
+        title: the axes' title.
+        ax: draw into this axes instead of a new figure.
+    Returns:
+        The figure holding the axes; its one image is the tiled canvas (blank pixels between tiles).
+    """
+    if not torch.is_tensor(images) or images.dim() != 4 or images.shape[1] not in (1, 3) or len(images) == 0:
+        shape = tuple(images.shape) if torch.is_tensor(images) else type(images).__name__
+        raise ValueError(f"expected images (N, C, H, W) with N >= 1 and C = 1 or 3, got {shape}")
+    columns = columns or _grid_shape(len(images))[1]
+    canvas = _tiles(images, columns)
+    if ax is None:
+        height, width = canvas.shape[:2]
+        scale = min(0.09, 7.0 / width)  # inches per pixel: about 7 inches wide at most
+        fig = Figure(figsize=(width * scale + 0.2, height * scale + (0.45 if title else 0.2)), layout="constrained")
+        ax = fig.add_subplot()
+    ax.imshow(canvas, cmap=_IMAGE_CMAP if canvas.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title:
+        ax.set_title(title, fontsize=9)
+    return _root_figure(ax)
+
+
+def plot_data_efficiency(sizes: Sequence[int], results: Mapping[str, Tuple[Sequence[float], Sequence[float]]], *,
+                         ylabel: str = "test bits/dim", title: Optional[str] = None, ax: Optional[Axes] = None) -> Figure:
+    """A metric against the number of training images, one line with error bars per model.
+
+    Args:
+        sizes: numbers of training images (the x-axis, logarithmic, ticked at these values).
+        results: ``{label: (means, stds)}``, each sequence aligned with ``sizes`` (NaN: no value).
+        ylabel, title: the axes' labels.
+        ax: draw into this axes instead of a new figure.
+    Returns:
+        The figure; each model is one errorbar line labelled for the legend.
+    """
+    if ax is None:
+        fig = Figure(figsize=(6.0, 3.8), layout="constrained")
+        ax = fig.add_subplot()
+    for label, (means, stds) in results.items():
+        if len(means) != len(sizes) or len(stds) != len(sizes):
+            raise ValueError(f"{label!r}: {len(means)} means and {len(stds)} deviations for {len(sizes)} sizes")
+        ax.errorbar(sizes, means, yerr=stds, marker="o", markersize=4, capsize=3, label=label)
+    ax.set_xscale("log")
+    ax.set_xticks(list(sizes), [str(s) for s in sizes])
+    ax.minorticks_off()
+    ax.set_xlabel("training images")
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _root_figure(ax)
+
+
+def plot_curves(curves: Mapping[str, Tuple[Sequence[float], Sequence[float], Optional[Sequence[float]]]], *,
+                xlabel: str, ylabel: str = "test bits/dim", title: Optional[str] = None, logx: bool = False,
+                ax: Optional[Axes] = None) -> Figure:
+    """Learning curves: one line per model, with a band of plus or minus one deviation where given.
+
+    Args:
+        curves: ``{label: (xs, means, stds or None)}``, e.g. steps or seconds and the mean test bits/dim
+            over seeds.
+        xlabel, ylabel, title: the axes' labels.
+        logx: a logarithmic x-axis.
+        ax: draw into this axes instead of a new figure.
+    Returns:
+        The figure; each model is one line (and one band with deviations).
+    """
+    if ax is None:
+        fig = Figure(figsize=(6.0, 3.8), layout="constrained")
+        ax = fig.add_subplot()
+    for label, (xs, means, stds) in curves.items():
+        (line,) = ax.plot(xs, means, marker=".", label=label)
+        if stds is not None:
+            low = np.asarray(means, dtype=float) - np.asarray(stds, dtype=float)
+            ax.fill_between(xs, low, low + 2 * np.asarray(stds, dtype=float), color=line.get_color(), alpha=0.2, lw=0)
+    if logx:
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _root_figure(ax)
