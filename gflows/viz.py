@@ -12,8 +12,8 @@ same code.
 * :func:`plot_flow`: a flow on :math:`x` and on :math:`g\cdot x`: the split it uses, the latents and
   :math:`\log p`; :func:`flow_grid` is its static twin over the group;
 * :func:`image_grid`: a batch of images (data or samples) as one tiled picture;
-* :func:`plot_data_efficiency`: a metric against the number of training images, with error bars;
-* :func:`plot_curves`: learning curves (a metric against steps or seconds), with bands.
+* :func:`plot_curves`: a metric against steps, seconds or training-set sizes, one line per model, with
+  a band of plus or minus one standard deviation over seeds.
 """
 
 from __future__ import annotations
@@ -346,50 +346,22 @@ def image_grid(images: torch.Tensor, *, columns: Optional[int] = None, title: Op
     return _root_figure(ax)
 
 
-def plot_data_efficiency(sizes: Sequence[int], results: Mapping[str, Tuple[Sequence[float], Sequence[float]]], *,
-                         ylabel: str = "test bits/dim", title: Optional[str] = None, ax: Optional[Axes] = None) -> Figure:
-    """A metric against the number of training images, one line with error bars per model.
-
-    Args:
-        sizes: numbers of training images (the x-axis, logarithmic, ticked at these values).
-        results: ``{label: (means, stds)}``, each sequence aligned with ``sizes`` (NaN: no value).
-        ylabel, title: the axes' labels.
-        ax: draw into this axes instead of a new figure.
-    Returns:
-        The figure; each model is one errorbar line labelled for the legend.
-    """
-    if ax is None:
-        fig = Figure(figsize=(6.0, 3.8), layout="constrained")
-        ax = fig.add_subplot()
-    for label, (means, stds) in results.items():
-        if len(means) != len(sizes) or len(stds) != len(sizes):
-            raise ValueError(f"{label!r}: {len(means)} means and {len(stds)} deviations for {len(sizes)} sizes")
-        ax.errorbar(sizes, means, yerr=stds, marker="o", markersize=4, capsize=3, label=label)
-    ax.set_xscale("log")
-    ax.set_xticks(list(sizes), [str(s) for s in sizes])
-    ax.minorticks_off()
-    ax.set_xlabel("training images")
-    ax.set_ylabel(ylabel)
-    if title:
-        ax.set_title(title, fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    return _root_figure(ax)
-
-
 def plot_curves(curves: Mapping[str, Tuple[Sequence[float], Sequence[float], Optional[Sequence[float]]]], *,
                 xlabel: str, ylabel: str = "test bits/dim", title: Optional[str] = None, logx: bool = False,
-                ax: Optional[Axes] = None) -> Figure:
-    """Learning curves: one line per model, with a band of plus or minus one deviation where given.
+                xticks: Optional[Sequence[float]] = None, ax: Optional[Axes] = None) -> Figure:
+    """Curves of several models: one line each, with a band of plus or minus one deviation where given.
+
+    Each model has its own abscissae (e.g. seconds of training, which differ between models).
 
     Args:
-        curves: ``{label: (xs, means, stds or None)}``, e.g. steps or seconds and the mean test bits/dim
-            over seeds.
+        curves: ``{label: (xs, means, stds or None)}``, e.g. steps, seconds or numbers of training
+            images, and the mean test bits/dim over seeds with its standard deviation.
         xlabel, ylabel, title: the axes' labels.
         logx: a logarithmic x-axis.
+        xticks: ticks at these values, labelled with them (e.g. the training-set sizes).
         ax: draw into this axes instead of a new figure.
     Returns:
-        The figure; each model is one line (and one band with deviations).
+        The figure; each model is one line (and one band where deviations are given).
     """
     if ax is None:
         fig = Figure(figsize=(6.0, 3.8), layout="constrained")
@@ -401,6 +373,9 @@ def plot_curves(curves: Mapping[str, Tuple[Sequence[float], Sequence[float], Opt
             ax.fill_between(xs, low, low + 2 * np.asarray(stds, dtype=float), color=line.get_color(), alpha=0.2, lw=0)
     if logx:
         ax.set_xscale("log")
+    if xticks is not None:
+        ax.set_xticks(list(xticks), [f"{t:g}" for t in xticks])
+        ax.minorticks_off()
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if title:

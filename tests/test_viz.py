@@ -161,19 +161,6 @@ def test_image_grid_draws_colour_images_and_refuses_other_shapes():
             viz.image_grid(bad)
 
 
-def test_plot_data_efficiency_one_errorbar_line_per_model():
-    sizes = [94, 188, 375]
-    fig = viz.plot_data_efficiency(sizes, {"a": ([3.0, 2.5, 2.0], [0.1, 0.2, 0.0]), "b": ([4.0, 3.0, 2.5], [0.0] * 3)})
-    ax = fig.axes[0]
-    assert ax.get_xscale() == "log"
-    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["a", "b"]
-    assert len(ax.containers) == 2                                     # one errorbar container per model
-    data_line = ax.containers[0].lines[0]
-    assert list(data_line.get_xdata()) == sizes and list(data_line.get_ydata()) == [3.0, 2.5, 2.0]
-    with pytest.raises(ValueError, match="3 sizes"):
-        viz.plot_data_efficiency(sizes, {"a": ([1.0], [0.0])})
-
-
 def test_plot_curves_lines_and_bands():
     fig = viz.plot_curves({"mean of 3": ([0, 10, 20], [5.0, 4.0, 3.5], [0.1, 0.1, 0.2]), "one run": ([0, 10], [6.0, 5.0], None)},
                           xlabel="step")
@@ -182,3 +169,6 @@ def test_plot_curves_lines_and_bands():
     assert list(ax.get_lines()[0].get_ydata()) == [5.0, 4.0, 3.5]
     assert len(ax.collections) == 1                                    # a band only where deviations are given
     assert ax.get_xlabel() == "step"
+    sizes = [75, 150, 300]
+    ax = viz.plot_curves({"a": (sizes, [3.0, 2.5, 2.0], [0.1, 0.2, 0.0])}, xlabel="training images", logx=True, xticks=sizes).axes[0]
+    assert ax.get_xscale() == "log" and [t.get_text() for t in ax.get_xticklabels()] == ["75", "150", "300"]
