@@ -44,6 +44,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import time
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -57,6 +58,7 @@ from .flows import FlowModel
 from .groups import get
 from .train import Options, derive_seed, evaluate, fit, load_checkpoint
 from .train.checkpoint import save, write_text
+from .train.metrics import sample_loss
 
 RESULT = "result.json"
 STAGES = "stages.json"
@@ -321,6 +323,32 @@ def _verified(folder: Path, record: Optional[Dict[str, object]] = None) -> Path:
     return path
 
 
+def time_steps(run: Run, setup: Setup, steps: int = 20) -> Tuple[float, float]:
+    """Seconds per training step of the run's model: ``(wall, CPU of this process)``, averaged over
+    ``steps`` steps after one warm-up step, with the trainer's loss and optimiser on batches of the
+    run's training data (on the CPU, in the calling process's threads; no evaluation)."""
+    options = setup.options_for(run)
+    model = build_model(run, setup)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=options.lr, betas=options.betas)
+    batches = images.epoch_batches(training_set(run, setup), options.batch_size, seed=run.seed, epoch=0, group=run.augment,
+                                   drop_last=False)
+    x = next(batches)
+    with torch.no_grad():
+        model(x)                                                           # data-dependent initialisation
+
+    def step() -> None:
+        loss = sample_loss(model, x).mean()
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+
+    step()
+    wall, cpu = time.perf_counter(), time.process_time()
+    for _ in range(steps):
+        step()
+    return (time.perf_counter() - wall) / steps, (time.process_time() - cpu) / steps
+
+
 def _train_in_worker(run: Run, setup: Setup, root: str, threads: int) -> None:
     torch.set_num_threads(threads)
     train_or_load(run, setup, root)
@@ -406,6 +434,6 @@ def labels(outcomes: Sequence[Outcome]) -> List[str]:
 
 __all__ = [
     "CorruptRun", "Data", "Outcome", "Run", "Setup", "Summary", "build_model", "held_out", "labels", "load_data",
-    "mean_curve", "rotated", "run_all", "run_folder", "run_key", "summarize", "table", "train_or_load",
+    "mean_curve", "rotated", "run_all", "time_steps", "run_folder", "run_key", "summarize", "table", "train_or_load",
     "training_set",
 ]
