@@ -323,30 +323,42 @@ def _verified(folder: Path, record: Optional[Dict[str, object]] = None) -> Path:
     return path
 
 
-def time_steps(run: Run, setup: Setup, steps: int = 20) -> Tuple[float, float]:
-    """Seconds per training step of the run's model: ``(wall, CPU of this process)``, averaged over
-    ``steps`` steps after one warm-up step, with the trainer's loss and optimiser on batches of the
-    run's training data (on the CPU, in the calling process's threads; no evaluation)."""
-    options = setup.options_for(run)
-    model = build_model(run, setup)
-    optimiser = torch.optim.AdamW(model.parameters(), lr=options.lr, betas=options.betas)
-    batches = images.epoch_batches(training_set(run, setup), options.batch_size, seed=run.seed, epoch=0, group=run.augment,
-                                   drop_last=False)
-    x = next(batches)
-    with torch.no_grad():
-        model(x)                                                           # data-dependent initialisation
+def seconds_per_step(model: FlowModel, batch: torch.Tensor, steps: int = 20, lr: float = 1e-3) -> Tuple[float, float]:
+    """Seconds per training step of ``model`` on ``batch``: ``(wall, CPU of this process)``, averaged
+    over ``steps`` steps after one warm-up step, with the trainer's loss (bits/dim) and AdamW, on the
+    device of ``model`` (CUDA is synchronised before each clock is read). The model is trained by it."""
+    optimiser = torch.optim.AdamW(model.parameters(), lr=lr)
+    batch = batch.to(next(model.parameters()).device)
 
     def step() -> None:
-        loss = sample_loss(model, x).mean()
+        loss = sample_loss(model, batch).mean()
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
 
+    def synchronise() -> None:
+        if batch.is_cuda:
+            torch.cuda.synchronize(batch.device)
+
+    model.train()
+    with torch.no_grad():
+        model(batch)                                                       # data-dependent initialisation
     step()
+    synchronise()
     wall, cpu = time.perf_counter(), time.process_time()
     for _ in range(steps):
         step()
+    synchronise()
     return (time.perf_counter() - wall) / steps, (time.process_time() - cpu) / steps
+
+
+def time_steps(run: Run, setup: Setup, steps: int = 20) -> Tuple[float, float]:
+    """:func:`seconds_per_step` of the run's model on its first training batch (on the CPU, in the
+    calling process's threads; no evaluation)."""
+    options = setup.options_for(run)
+    batch = next(images.epoch_batches(training_set(run, setup), options.batch_size, seed=run.seed, epoch=0,
+                                      group=run.augment, drop_last=False))
+    return seconds_per_step(build_model(run, setup), batch, steps, options.lr)
 
 
 def _train_in_worker(run: Run, setup: Setup, root: str, threads: int) -> None:
@@ -433,7 +445,7 @@ def labels(outcomes: Sequence[Outcome]) -> List[str]:
 
 
 __all__ = [
-    "CorruptRun", "Data", "Outcome", "Run", "Setup", "Summary", "build_model", "held_out", "labels", "load_data",
-    "mean_curve", "rotated", "run_all", "time_steps", "run_folder", "run_key", "summarize", "table", "train_or_load",
-    "training_set",
+    "CorruptRun", "Data", "Outcome", "Run", "Setup", "Summary", "build_model", "held_out",
+    "labels", "load_data", "mean_curve", "rotated", "run_all", "run_folder", "run_key", "seconds_per_step",
+    "summarize", "table", "time_steps", "train_or_load", "training_set",
 ]

@@ -171,3 +171,12 @@ def test_summaries_over_seeds():
     assert xs == [0.0, 5.0] and points[0] == study.Summary(5.0, 0.0, 3)
     with pytest.raises(ValueError, match="different steps"):
         study.mean_curve([a[0], outcome_with(study.Run("coupling", "D4"), [1.0, 2.0], steps=(0, 20))])
+
+
+def test_time_steps_times_real_training_steps():
+    wall, cpu = study.time_steps(RUN, SETUP, steps=2)
+    assert wall > 0 and cpu > 0
+    model = study.build_model(RUN, SETUP)
+    before = [p.detach().clone() for p in model.parameters()]
+    study.seconds_per_step(model, next(images.eval_batches(study.load_data(SETUP.data)[2], 8)), steps=1)
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))   # the optimiser stepped
