@@ -34,3 +34,15 @@ def test_coupling_speed_quick_run_compares_both_kinds_with_their_twins(tmp_path)
     for result in results:
         assert result["images_per_s"] > 0 and result["peak_memory_mb"] > 0 and result["z_equivariance_error"] < 1e-5
         assert result["throughput_vs_twin"] == 1.0 if result["group"] == "trivial" else result["throughput_vs_twin"] > 0
+
+
+def test_train_throughput_quick_run_times_training_and_the_time_to_a_target(tmp_path):
+    out = tmp_path / "train.json"
+    _load("train_throughput").main(["--quick", "--kinds", "coupling", "--groups", "trivial,C4", "--out", str(out)])
+    results = {r["group"]: r for r in json.loads(out.read_text())["results"]}
+    assert set(results) == {"trivial", "C4"}
+    for result in results.values():
+        assert result["images_per_s"] > 0 and result["peak_memory_mb"] > 0 and result["z_equivariance_error"] < 1e-5
+        assert 0.9 < result["parameters"] / result["twin_parameters"] < 1.1  # widths matched to the twin
+        assert 0 < result["steps_to_target"] <= 40 and result["time_to_target_s"] > 0
+        assert result["reached_target"] == (result["final_test_bpd"] <= 7.0)

@@ -9,6 +9,7 @@ import torch
 import torch.multiprocessing
 
 from gflows import groups, models, train
+from gflows.data import images
 from gflows.train import checkpoint, distributed
 
 POINTS = (2,)
@@ -30,10 +31,12 @@ class Killed(Exception):
 
 
 def _data(shape, n, seed):
+    """Points as a float tensor; 8-bit images as an ImageSet (dequantised afresh every epoch)."""
     generator = torch.Generator().manual_seed(seed)
     if shape == POINTS:
         return torch.randn(n, 2, generator=generator) * torch.tensor([1.5, 0.5]) + 0.3
-    return torch.rand(n, *shape, generator=generator)
+    pixels = torch.randint(0, 256, (n, *shape), generator=generator, dtype=torch.uint8)
+    return images.ImageSet(pixels, torch.zeros(n, dtype=torch.int64), "digits", "train")
 
 
 def _model(kind, shape, group="C4"):
@@ -55,7 +58,7 @@ def test_a_killed_and_resumed_run_repeats_the_uninterrupted_one(kind, shape, tmp
     train_data, test_data = _data(shape, 40, 1), _data(shape, 16, 2)
     whole = train.fit(_model(kind, shape), train_data, test_data, options, out=tmp_path / "whole")
 
-    def kill(step):
+    def kill(step, history):
         if step == 5:
             raise Killed
 
@@ -96,8 +99,8 @@ class _PoisonedAt(train.TensorSource):
         super().__init__(data)
         self.bad = bad
 
-    def epoch(self, epoch, batch_size, *, rank=0, world_size=1):
-        for index, x in enumerate(super().epoch(epoch, batch_size, rank=rank, world_size=world_size)):
+    def epoch(self, epoch, batch_size, *, rank=0, world_size=1, start=0):
+        for index, x in enumerate(super().epoch(epoch, batch_size, rank=rank, world_size=world_size, start=start), start):
             yield torch.full_like(x, math.nan) if (epoch, index) == (0, self.bad) else x
 
 
@@ -115,7 +118,7 @@ def test_warmup_clipping_and_ema_follow_their_definitions():
     model = _model("coupling", POINTS)
     weights, clipped_norms = [], []
 
-    def record(step):
+    def record(step, history):
         clipped_norms.append(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters()])).item())
         weights.append([p.detach().clone() for p in model.parameters()])
 
@@ -142,7 +145,7 @@ def test_evaluation_moves_the_probes_with_the_input_so_the_gap_measures_the_mode
     equivariant flow is round-off, although two independent estimates of log p differ far more."""
     G = groups.get("D4")
     model = models.build("residual", group="D4", data_shape=IMAGES, depth=1, width=4).double()
-    x = _data(IMAGES, 8, 1).double()
+    x = torch.rand(8, *IMAGES, dtype=torch.float64)
     model(x)  # ActNorm initialisation
     model.eval()
     state = torch.get_rng_state()

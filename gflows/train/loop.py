@@ -38,7 +38,6 @@ import json
 import math
 import time
 from dataclasses import dataclass, field
-from itertools import islice
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -75,7 +74,10 @@ class Options:
         eval_group: group of the group-averaged metrics and of the invariance gap; ``None`` uses the
             model's group. Give the equivariant model's group to a trivial twin to compare them.
         group_metrics: ``False`` skips the group average and the invariance gap (|G| times cheaper).
-        augment: a group name: each training sample is moved by a random element (data augmentation).
+        augment: a group name: each training sample is moved by a random element of it (exact
+            elements for images), a fresh one every epoch (data augmentation).
+        rotation: images only: then rotated by a random angle in ``[-rotation, rotation]`` degrees
+            (interpolated, so only approximately an action on pixels).
         checkpoint_every: write a checkpoint every this many steps (``None``: at every evaluation);
             only with ``out``.
         seed: the one seed of the run.
@@ -96,6 +98,7 @@ class Options:
     eval_group: Optional[str] = None
     group_metrics: bool = True
     augment: Optional[str] = None
+    rotation: Optional[float] = None
     checkpoint_every: Optional[int] = None
     seed: int = 0
     device: Optional[str] = None
@@ -205,7 +208,7 @@ def fit(
     *,
     out=None,
     resume: bool = False,
-    callback: Optional[Callable[[int], None]] = None,
+    callback: Optional[Callable[[int, List[Dict[str, object]]], Optional[bool]]] = None,
     config: Optional[Dict[str, object]] = None,
 ) -> Result:
     """Train ``model`` on ``train_data``, evaluating its EMA weights on ``test_data``.
@@ -218,138 +221,172 @@ def fit(
         options: :class:`Options` (defaults if ``None``).
         out: folder for ``metrics.csv``, ``metrics.json`` and ``checkpoint.pt`` (rank 0 writes).
         resume: continue from ``out/checkpoint.pt``; otherwise an existing checkpoint there is an error.
-        callback: called with the step number after every step (after any evaluation and checkpoint).
+        callback: ``callback(step, history)`` after every step (after any evaluation and checkpoint);
+            returning ``True`` ends the run there (early stopping).
         config: a plain dict saved with the checkpoint and the metrics (the CLI stores its config).
     Returns:
         a :class:`Result`.
     Raises:
         NonFiniteLoss: at the first step whose loss or gradient norm is not finite.
     """
-    options = options or Options()
-    current = distributed.world()
-    device = torch.device(options.device) if options.device else distributed.default_device(current)
-    out = Path(out) if out is not None else None
-    checkpoint_path = out / CHECKPOINT if out is not None else None
-    train_source = as_source(train_data, rng.derive_seed(options.seed, "data"), options.augment)
-    test_source = as_source(test_data, rng.derive_seed(options.seed, "test")) if test_data is not None else None
-    for name, source in (("training", train_source), ("test", test_source)):
-        if source is not None and tuple(source.data_shape) != model.data_shape:
-            raise ValueError(f"the {name} data has samples of shape {tuple(source.data_shape)}, the model {model.data_shape}")
-    if options.batch_size % current.size:
-        raise ValueError(f"batch_size {options.batch_size} is not divisible by the number of processes {current.size}")
-    shard = options.batch_size // current.size
-    n_batches = batches_per_epoch(train_source, options.batch_size)
-    if n_batches == 0:
-        raise ValueError(f"batch_size {options.batch_size} is larger than the training set ({len(train_source)} samples)")
-    eval_group = get(options.eval_group) if options.eval_group else model.group
-
-    model.to(device).train()
-    optimiser = torch.optim.AdamW(model.parameters(), lr=options.lr, betas=options.betas, weight_decay=options.weight_decay)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda step: warmup_factor(step, options.warmup_steps))
+    run = _Run(model, train_data, test_data, options or Options(), out, config)
     if resume:
-        state = _load(checkpoint_path, options, current)
-        model.load_state_dict(state["model"])
-        ema = EMA(model, options.ema_decay)
-        ema.model.load_state_dict(state["ema"])
-        optimiser.load_state_dict(state["optimiser"])
-        schedule.load_state_dict(state["schedule"])
-        progress = _Progress(**state["progress"])
-        rng.restore(state["rng"][current.rank])
+        run.resume()
     else:
-        if checkpoint_path is not None and checkpoint_path.exists():
-            raise FileExistsError(f"{checkpoint_path} exists: resume the run (resume=True, --resume) or choose another folder")
-        distributed.broadcast_state(model, current)
-        rng.seed_everything(rng.derive_seed(options.seed, "init"))
-        with torch.no_grad():
-            first = next(iter(train_source.epoch(0, options.batch_size)))
-            model(first.to(device=device, dtype=_dtype(model)))
-        ema = EMA(model, options.ema_decay)
-        rng.seed_everything(rng.derive_seed(options.seed, "train", current.rank))
-        progress = _Progress()
-    objective: nn.Module = _Objective(model)
-    if current.distributed:
-        objective = DistributedDataParallel(objective, device_ids=[device.index] if device.type == "cuda" else None,
-                                            init_sync=False, forward_sync_buffers=False)
+        run.start()
+    run.train(callback)
+    return Result(model, run.ema.model.eval(), run.progress.history, run.options, run.out)
 
-    def evaluate_ema() -> Dict[str, float]:
-        if test_source is None:
+
+class _Run:
+    """One call of :func:`fit`: the model, its optimiser and EMA, the data, and where the run is."""
+
+    def __init__(self, model: FlowModel, train_data, test_data, options: Options, out, config) -> None:
+        self.model, self.options, self.config = model, options, config
+        self.world = distributed.world()
+        self.device = torch.device(options.device) if options.device else distributed.default_device(self.world)
+        self.out = Path(out) if out is not None else None
+        self.checkpoint_path = self.out / CHECKPOINT if self.out is not None else None
+        self.train_source = as_source(train_data, rng.derive_seed(options.seed, "data"), options.augment, options.rotation)
+        self.test_source = as_source(test_data, rng.derive_seed(options.seed, "test")) if test_data is not None else None
+        for name, source in (("training", self.train_source), ("test", self.test_source)):
+            if source is not None and tuple(source.data_shape) != model.data_shape:
+                raise ValueError(f"the {name} data has samples of shape {tuple(source.data_shape)}, the model {model.data_shape}")
+        if options.batch_size % self.world.size:
+            raise ValueError(f"batch_size {options.batch_size} is not divisible by the number of processes {self.world.size}")
+        self.batches_per_epoch = batches_per_epoch(self.train_source, options.batch_size)
+        if self.batches_per_epoch == 0:
+            raise ValueError(f"batch_size {options.batch_size} is larger than the training set ({len(self.train_source)} samples)")
+        self.eval_group = get(options.eval_group) if options.eval_group else model.group
+        model.to(self.device).train()
+        self.dtype = next(model.parameters()).dtype
+        self.optimiser = torch.optim.AdamW(model.parameters(), lr=options.lr, betas=options.betas, weight_decay=options.weight_decay)
+        self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimiser, lambda step: warmup_factor(step, options.warmup_steps))
+        self.started = time.perf_counter()
+
+    # ------------------------------------------------------------------------- the two starts
+    def start(self) -> None:
+        """A fresh run: the same weights everywhere, the initialisation pass, then the EMA copy."""
+        if self.checkpoint_path is not None and self.checkpoint_path.exists():
+            raise FileExistsError(f"{self.checkpoint_path} exists: resume the run (resume=True, --resume) or choose another folder")
+        distributed.broadcast_state(self.model, self.world)
+        rng.seed_everything(rng.derive_seed(self.options.seed, "init"))
+        with torch.no_grad():
+            self.model(self._batch(next(iter(self.train_source.epoch(0, self.options.batch_size)))))
+        self.ema = EMA(self.model, self.options.ema_decay)
+        rng.seed_everything(rng.derive_seed(self.options.seed, "train", self.world.rank))
+        self.progress = _Progress()
+
+    def resume(self) -> None:
+        """Everything from the checkpoint, this process's random generators included."""
+        state = _load(self.checkpoint_path, self.options, self.world)
+        self.model.load_state_dict(state["model"])
+        self.ema = EMA(self.model, self.options.ema_decay)
+        self.ema.model.load_state_dict(state["ema"])
+        self.optimiser.load_state_dict(state["optimiser"])
+        self.schedule.load_state_dict(state["schedule"])
+        self.progress = _Progress(**state["progress"])
+        rng.restore(state["rng"][self.world.rank])
+
+    # ------------------------------------------------------------------------------- the loop
+    def train(self, callback) -> None:
+        options, progress = self.options, self.progress
+        objective: nn.Module = _Objective(self.model)
+        if self.world.distributed:  # the weights already agree (start / resume): no broadcast, which would
+            objective = DistributedDataParallel(  # touch them and make Lipschitz layers re-iterate
+                objective, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                init_sync=False, forward_sync_buffers=False)
+        self.bar = tqdm(total=options.steps, initial=progress.step, disable=not (options.progress and self.world.is_main),
+                        desc="training", unit="step")
+        if progress.step == 0 and not progress.history:
+            self.add_row(options.learning_rate(0))
+        checkpoint_every = options.checkpoint_every or options.eval_every
+        stopped = False
+        while progress.step < options.steps and not stopped:
+            shards = self.train_source.epoch(progress.epoch, options.batch_size // self.world.size, rank=self.world.rank,
+                                             world_size=self.world.size, start=progress.position)
+            for x in shards:
+                lr = self.optimiser.param_groups[0]["lr"]
+                self.step(objective, x)
+                if progress.step % options.eval_every == 0 or progress.step == options.steps:
+                    self.add_row(lr)
+                if self.out is not None and (progress.step % checkpoint_every == 0 or progress.step == options.steps):
+                    self.save()
+                stopped = callback is not None and bool(callback(progress.step, progress.history))
+                if progress.step >= options.steps or stopped:
+                    break
+            else:  # the epoch is used up
+                progress.epoch += 1
+                progress.position = 0
+        self.bar.close()
+        distributed.barrier(self.world)
+
+    def step(self, objective: nn.Module, x: torch.Tensor) -> None:
+        """One optimiser step on this process's shard ``x`` (module docstring)."""
+        loss = objective(self._batch(x)).mean()
+        self.optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.options.grad_clip or math.inf))
+        mean_loss = float(distributed.all_sum(loss.detach().reshape(1), self.world)) / self.world.size
+        progress = self.progress
+        if not (math.isfinite(mean_loss) and math.isfinite(grad_norm)):
+            raise NonFiniteLoss(progress.step + 1, mean_loss, grad_norm, self.checkpoint_path)
+        self.optimiser.step()
+        self.schedule.step()
+        self.ema.update(self.model, progress.step)
+        progress.step += 1
+        progress.position += 1
+        progress.loss_sum += mean_loss
+        progress.grad_norm_sum += grad_norm
+        progress.count += 1
+        self.bar.update(1)
+        self.bar.set_postfix(loss=f"{mean_loss:.4f}", refresh=False)
+
+    def _batch(self, x: torch.Tensor) -> torch.Tensor:
+        return x.to(device=self.device, dtype=self.dtype)
+
+    # --------------------------------------------------------------------- metrics and files
+    def evaluate(self) -> Dict[str, float]:
+        """The test metrics of the EMA weights (none without test data)."""
+        if self.test_source is None:
             return {}
-        ema.model.eval()
-        metrics = evaluate(ema.model, test_source.evaluation(options.eval_batch_size), eval_group,
-                           seed=rng.derive_seed(options.seed, "eval"), group_metrics=options.group_metrics, current=current)
-        ema.model.train()
+        self.ema.model.eval()  # also refreshes the power iterations of Lipschitz layers on the averaged weights
+        metrics = evaluate(self.ema.model, self.test_source.evaluation(self.options.eval_batch_size), self.eval_group,
+                           seed=rng.derive_seed(self.options.seed, "eval"), group_metrics=self.options.group_metrics,
+                           current=self.world)
+        self.ema.model.train()
         return metrics
 
-    def add_row(lr: float) -> None:
+    def add_row(self, lr: float) -> None:
+        """Evaluate, append a row to the history, write the metrics files."""
+        progress = self.progress
         mean = (lambda total: total / progress.count) if progress.count else (lambda total: None)
-        row = {"step": progress.step, "epoch": progress.step / n_batches,
-               "time_s": progress.elapsed + time.perf_counter() - started, "lr": lr,
+        row = {"step": progress.step, "epoch": progress.step / self.batches_per_epoch, "time_s": self._elapsed(), "lr": lr,
                "train_loss": mean(progress.loss_sum), "grad_norm": mean(progress.grad_norm_sum)}
-        row.update(evaluate_ema())
+        row.update(self.evaluate())
         progress.history.append(row)
         progress.loss_sum = progress.grad_norm_sum = 0.0
         progress.count = 0
-        if out is not None and current.is_main:
-            _write_metrics(out, progress.history, options, config)
-        if options.progress and current.is_main:
-            bar.write(_describe(row))
+        if self.out is not None and self.world.is_main:
+            _write_metrics(self.out, progress.history, self.options, self.config)
+        if self.options.progress and self.world.is_main:
+            self.bar.write(_describe(row))
 
-    def save_checkpoint() -> None:
-        states = distributed.all_gather(rng.capture(), current)
-        if current.is_main:
-            saved = dataclasses.replace(progress, elapsed=progress.elapsed + time.perf_counter() - started)
+    def save(self) -> None:
+        """An atomic checkpoint (rank 0 writes; every process contributes its generator states)."""
+        states = distributed.all_gather(rng.capture(), self.world)
+        if self.world.is_main:
+            progress = dataclasses.replace(self.progress, elapsed=self._elapsed())
             checkpoint.save({
-                "model": model.state_dict(), "ema": ema.model.state_dict(), "optimiser": optimiser.state_dict(),
-                "schedule": schedule.state_dict(), "progress": dataclasses.asdict(saved), "rng": states,
-                "world_size": current.size, "options": dataclasses.asdict(options), "config": config,
-            }, checkpoint_path)
+                "model": self.model.state_dict(), "ema": self.ema.model.state_dict(),
+                "optimiser": self.optimiser.state_dict(), "schedule": self.schedule.state_dict(),
+                "progress": dataclasses.asdict(progress), "rng": states, "world_size": self.world.size,
+                "options": dataclasses.asdict(self.options), "config": self.config,
+            }, self.checkpoint_path)
 
-    started = time.perf_counter()
-    bar = tqdm(total=options.steps, initial=progress.step, disable=not (options.progress and current.is_main),
-               desc="training", unit="step")
-    if progress.step == 0 and not progress.history:
-        add_row(options.learning_rate(0))
-    checkpoint_every = options.checkpoint_every or options.eval_every
-    while progress.step < options.steps:
-        batches = islice(train_source.epoch(progress.epoch, shard, rank=current.rank, world_size=current.size), progress.position, None)
-        for x in batches:
-            lr = optimiser.param_groups[0]["lr"]
-            loss = objective(x.to(device=device, dtype=_dtype(model))).mean()
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), options.grad_clip or math.inf)
-            mean_loss = float(distributed.all_sum(loss.detach().reshape(1), current)) / current.size
-            if not (math.isfinite(mean_loss) and math.isfinite(float(grad_norm))):
-                raise NonFiniteLoss(progress.step + 1, mean_loss, float(grad_norm), checkpoint_path)
-            optimiser.step()
-            schedule.step()
-            ema.update(model, progress.step)
-            progress.step += 1
-            progress.position += 1
-            progress.loss_sum += mean_loss
-            progress.grad_norm_sum += float(grad_norm)
-            progress.count += 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{mean_loss:.4f}", refresh=False)
-            if progress.step % options.eval_every == 0 or progress.step == options.steps:
-                add_row(lr)
-            if out is not None and (progress.step % checkpoint_every == 0 or progress.step == options.steps):
-                save_checkpoint()
-            if callback is not None:
-                callback(progress.step)
-            if progress.step >= options.steps:
-                break
-        else:
-            progress.epoch += 1
-            progress.position = 0
-    bar.close()
-    distributed.barrier(current)
-    ema.model.eval()
-    return Result(model, ema.model, progress.history, options, out)
-
-
-def _dtype(model: nn.Module) -> torch.dtype:
-    return next(model.parameters()).dtype
+    def _elapsed(self) -> float:
+        """Seconds of this run so far, the time before a resume included."""
+        return self.progress.elapsed + time.perf_counter() - self.started
 
 
 def _load(path: Optional[Path], options: Options, current: distributed.World) -> Dict[str, object]:
@@ -359,7 +396,7 @@ def _load(path: Optional[Path], options: Options, current: distributed.World) ->
         raise FileNotFoundError(f"cannot resume: no checkpoint at {path}")
     state = checkpoint.load(path)
     saved = state["options"]
-    changed = {key: (saved[key], value) for key, value in dataclasses.asdict(options).items()
+    changed = {key: (saved.get(key), value) for key, value in dataclasses.asdict(options).items()
                if key not in RESUMABLE_CHANGES and _plain(saved.get(key)) != _plain(value)}
     if changed:
         details = ", ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in changed.items())

@@ -3,8 +3,9 @@
 :func:`derive_seed` turns ``(seed, "train", rank)`` into an independent 63-bit seed, so that the
 model's initial weights, the data order, the training noise of each process (Hutchinson probes,
 Russian-roulette draws) and the evaluation noise never share a stream. :func:`capture` and
-:func:`restore` save and set every generator a run touches (torch on CPU and CUDA, numpy, Python's
-``random``) as tensors and plain types, so that a checkpoint loads with ``weights_only=True``.
+:func:`restore` save and set every generator a run touches (torch on the CPU and on this process's
+GPU, numpy, Python's ``random``) as tensors and plain types, so that a checkpoint loads with
+``weights_only=True``.
 
 >>> derive_seed(0, "data") == derive_seed(0, "data") != derive_seed(1, "data")
 True
@@ -42,7 +43,7 @@ def capture() -> Dict[str, object]:
     version, python_state, gauss_next = random.getstate()
     return {
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,  # this process's GPU
         "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position),
                   "has_gauss": int(has_gauss), "cached_gauss": float(cached_gauss)},
         "python": {"version": int(version), "state": torch.tensor(python_state, dtype=torch.int64),
@@ -53,8 +54,8 @@ def capture() -> Dict[str, object]:
 def restore(state: Dict[str, object]) -> None:
     """Set every generator to a state from :func:`capture`."""
     torch.set_rng_state(state["torch"])
-    if state["cuda"]:
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if state["cuda"] is not None:
+        torch.cuda.set_rng_state(state["cuda"])
     numpy_state = state["numpy"]
     np.random.set_state(("MT19937", numpy_state["keys"].numpy().astype(np.uint32), numpy_state["position"],
                          numpy_state["has_gauss"], numpy_state["cached_gauss"]))

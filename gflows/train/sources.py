@@ -2,9 +2,9 @@
 
 A source yields, for an epoch, this process's shard of every global batch, and fixed evaluation
 batches. Both are deterministic functions of the run's data seed, the epoch and the
-``(rank, world size)`` split, so that a resumed run can regenerate an epoch and skip the batches it
-had already seen, and so that N processes with batch b see exactly the global batches of one
-process with batch N b.
+``(rank, world size)`` split, so that a resumed run can regenerate an epoch from the batch it had
+reached, and so that N processes with batch b see exactly the global batches of one process with
+batch N b.
 
 * :class:`TensorSource`: a float tensor ``(N, *data_shape)`` (points of the plane ``(N, 2)``, or
   images already in [0, 1]); reshuffled every epoch, optionally augmented by a random group element
@@ -21,6 +21,8 @@ from typing import Iterator, Optional, Protocol, Tuple
 
 import torch
 
+from ..data import images as image_data
+from ..data.images import ImageSet
 from ..groups import Group, get
 from .rng import derive_seed
 
@@ -32,9 +34,9 @@ class Source(Protocol):
 
     def __len__(self) -> int: ...
 
-    def epoch(self, epoch: int, batch_size: int, *, rank: int = 0, world_size: int = 1) -> Iterator[torch.Tensor]:
+    def epoch(self, epoch: int, batch_size: int, *, rank: int = 0, world_size: int = 1, start: int = 0) -> Iterator[torch.Tensor]:
         """This process's shard ``(batch_size, *data_shape)`` of each global batch of ``batch_size *
-        world_size`` samples (incomplete global batches dropped)."""
+        world_size`` samples (incomplete global batches dropped), from global batch ``start`` on."""
 
     def evaluation(self, batch_size: int) -> Iterator[torch.Tensor]:
         """The whole set in fixed batches (the last one may be smaller)."""
@@ -76,14 +78,14 @@ class TensorSource:
                 moved[chosen] = act(x[chosen], g)
         return moved
 
-    def epoch(self, epoch: int, batch_size: int, *, rank: int = 0, world_size: int = 1) -> Iterator[torch.Tensor]:
+    def epoch(self, epoch: int, batch_size: int, *, rank: int = 0, world_size: int = 1, start: int = 0) -> Iterator[torch.Tensor]:
         generator = torch.Generator().manual_seed(derive_seed(self.seed, "epoch", epoch))
         order = torch.randperm(len(self), generator=generator)
         if self.augment is not None:
             element_index = torch.randint(len(self._elements), (len(self),), generator=generator)
         global_batch = batch_size * world_size
-        for start in range(0, len(self) - global_batch + 1, global_batch):
-            shard = slice(start + rank * batch_size, start + (rank + 1) * batch_size)
+        for first in range(start * global_batch, len(self) - global_batch + 1, global_batch):
+            shard = slice(first + rank * batch_size, first + (rank + 1) * batch_size)
             x = self.data[order[shard]]
             yield x if self.augment is None else self._act(x, element_index[shard])
 
@@ -93,36 +95,39 @@ class TensorSource:
 
 class ImageSource:
     """Batches of an :class:`~gflows.data.images.ImageSet` (uint8 pixels), dequantised by
-    :func:`gflows.data.images.epoch_batches` (training) and :func:`~gflows.data.images.eval_batches`
-    (fixed noise, evaluation). ``augment`` / ``rotation`` are passed to ``epoch_batches`` as
-    ``group`` / ``rotation``."""
+    :func:`gflows.data.images.epoch_batches` (fresh noise every epoch; ``augment``: each image moved
+    by a random exact element of that group; ``rotation``: then rotated by a random angle in
+    ``[-rotation, rotation]`` degrees, interpolated) and :func:`~gflows.data.images.eval_batches`
+    (fixed noise, evaluation)."""
 
-    def __init__(self, images, seed: int = 0, augment: Optional[str] = None, rotation: Optional[str] = None) -> None:
+    def __init__(self, images: ImageSet, seed: int = 0, augment: "Optional[str | Group]" = None,
+                 rotation: Optional[float] = None) -> None:
         self.images, self.seed, self.augment, self.rotation = images, seed, augment, rotation
-        self.data_shape = tuple(images.pixels.shape[1:])
+        self.data_shape = images.shape
 
     def __len__(self) -> int:
-        return self.images.pixels.shape[0]
+        return len(self.images)
 
-    def epoch(self, epoch: int, batch_size: int, *, rank: int = 0, world_size: int = 1) -> Iterator[torch.Tensor]:
-        from ..data import images
-
-        return images.epoch_batches(self.images, batch_size, seed=self.seed, epoch=epoch, group=self.augment,
-                                    rotation=self.rotation, rank=rank, world_size=world_size)
+    def epoch(self, epoch: int, batch_size: int, *, rank: int = 0, world_size: int = 1, start: int = 0) -> Iterator[torch.Tensor]:
+        return image_data.epoch_batches(self.images, batch_size, seed=self.seed, epoch=epoch, group=self.augment,
+                                        rotation=self.rotation, rank=rank, world_size=world_size, start=start)
 
     def evaluation(self, batch_size: int) -> Iterator[torch.Tensor]:
-        from ..data import images
-
-        return images.eval_batches(self.images, batch_size, seed=self.seed)
+        return image_data.eval_batches(self.images, batch_size, seed=self.seed)
 
 
-def as_source(data, seed: int = 0, augment: Optional[str] = None) -> Source:
-    """A :class:`Source` for ``data``: a float tensor, an ``ImageSet`` (has ``.pixels``), or a source."""
+def as_source(data, seed: int = 0, augment: Optional[str] = None, rotation: Optional[float] = None) -> Source:
+    """A :class:`Source` for ``data``: a float tensor, an ``ImageSet``, or a source already (which
+    brings its own augmentation, so ``augment`` and ``rotation`` must be ``None``)."""
     if torch.is_tensor(data):
+        if rotation is not None:
+            raise ValueError("random rotations (rotation=) need an ImageSet of 8-bit images, not a tensor")
         return TensorSource(data, seed, augment)
-    if hasattr(data, "pixels"):
-        return ImageSource(data, seed, augment)
+    if isinstance(data, ImageSet):
+        return ImageSource(data, seed, augment, rotation)
     if all(hasattr(data, name) for name in ("epoch", "evaluation", "data_shape", "__len__")):
+        if augment is not None or rotation is not None:
+            raise ValueError("a Source brings its own batches: augment it there, not with augment= / rotation=")
         return data
     raise TypeError(
         f"cannot train on a {type(data).__name__}: pass a float tensor (N, *data_shape), "

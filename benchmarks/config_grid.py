@@ -1,0 +1,227 @@
+"""The experiment grid of ``gflows/configs``: a configuration per (dataset, kind, group), widths matched by parameter count.
+
+    python benchmarks/config_grid.py                       # (re)write the configurations and gflows/configs/README.md
+    python benchmarks/config_grid.py --throughput --out benchmarks/results/config_grid_cpu.json
+    python benchmarks/config_grid.py --throughput --device cuda --out benchmarks/results/config_grid_gpu.json
+
+Datasets (bases ``gflows/configs/_NAME.yaml``): digits-rot, fashion-rot, cifar10, cifar10-rot. Kinds:
+residual, coupling, iaf. Groups: trivial, C4, D4 for every kind, and C8, D8 for the G-Residual flow,
+the only kind that builds them with the same architecture (a coupling or IAF of 45-degree rotations
+cannot squeeze 2x2 blocks: on one channel it has no fields to split, on three a different, far smaller
+network).
+
+**Widths.** The width rule (:func:`gflows.nn.hidden_fields`) gives regular fields of about the
+parameter count of an ordinary hidden layer, which holds for hidden-to-hidden layers; the first and
+last layers of a conditioner grow like the number of fields, so the rule alone leaves equivariant
+couplings with a third to a half of their twin's parameters. Each configuration's ``width`` is
+therefore the one whose model has the parameter count closest to the trivial twin's (the rule's width
+is kept in the file for reference).
+
+**Throughput.** ``--throughput`` times training steps (Adam on -log p with the training log-det
+estimator, 1 warm-up step then ``--steps``) of every configuration's full-size model: on a CPU with
+batch ``--cpu-batch`` and one thread, in its own process (its peak resident memory); on a GPU with
+the configuration's batch size, which also gives the expected GPU hours of the run
+(``steps * batch_size / images per second``, training only, without evaluations).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import torch
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import in_child, machine, training_step_speed  # noqa: E402
+
+from gflows import models  # noqa: E402
+from gflows.nn import hidden_fields  # noqa: E402
+from gflows.train import experiment  # noqa: E402
+
+DATASETS = {  # name (base: gflows/configs/_NAME.yaml) -> (description, model sizes)
+    "digits-rot": ("digits rotated by multiples of 90 degrees", "small"),
+    "fashion-rot": ("Fashion-MNIST rotated by multiples of 90 degrees", "large"),
+    "cifar10": ("CIFAR-10, upright", "large"),
+    "cifar10-rot": ("CIFAR-10 rotated by multiples of 90 degrees", "large"),
+}
+SIZES = {
+    "small": {"residual": dict(depth=8, width=32), "coupling": dict(depth=8, width=32, hidden_layers=2),
+              "iaf": dict(depth=8, width=32, hidden_layers=2)},
+    "large": {"residual": dict(depth=16, width=64), "coupling": dict(depth=8, width=96, hidden_layers=2),
+              "iaf": dict(depth=8, width=96, hidden_layers=2)},
+}
+GROUPS = {"residual": ("trivial", "C4", "D4", "C8", "D8"), "coupling": ("trivial", "C4", "D4"), "iaf": ("trivial", "C4", "D4")}
+TITLES = {"residual": "G-Residual flow", "coupling": "G-Coupling flow", "iaf": "G-IAF"}
+README = experiment.CONFIGS / "README.md"
+
+
+@functools.lru_cache(maxsize=None)
+def parameters(kind: str, group: str, shape, **hparams) -> int:
+    """Parameter count of ``models.build(kind, group, shape, **hparams)`` (remembered: datasets share shapes)."""
+    return sum(p.numel() for p in models.build(kind, group=group, data_shape=shape, **hparams).parameters())
+
+
+def matched_width(kind: str, group: str, shape, target: int, depth: int, start: int, **hparams) -> int:
+    """The smallest width whose model's parameter count is closest to ``target``, searched from ``start``.
+
+    Counts are affine in an even depth (blocks alternate between two parities), so widths are
+    compared at depths 2 and 4 and extrapolated. The count grows with the width: doubling from
+    ``start`` brackets the first width at or above the target, a bisection finds it, and its
+    predecessor is the other candidate.
+    """
+    counts: Dict[int, int] = {}
+
+    def count(width: int) -> int:
+        if width not in counts:
+            two, four = (parameters(kind, group, shape, depth=d, width=width, **hparams) for d in (2, 4))
+            counts[width] = two + (depth - 2) // 2 * (four - two)
+        return counts[width]
+
+    low, high = 1, start
+    while count(high) < target:
+        low, high = high + 1, 2 * high
+    while low < high:
+        middle = (low + high) // 2
+        low, high = (middle + 1, high) if count(middle) < target else (low, middle)
+    return min((w for w in (low - 1, low) if w >= 1), key=lambda w: (abs(count(w) - target), w))
+
+
+def grid() -> List[Dict[str, object]]:
+    """Every configuration of the grid with its matched width and parameter count."""
+    entries = []
+    for dataset, (description, size) in DATASETS.items():
+        shape = experiment.DATA_SHAPES[experiment.read(f"_{dataset}")["data"]["name"]]
+        for kind, hparams in SIZES[size].items():
+            twin = parameters(kind, "trivial", shape, **hparams)
+            extra = {k: v for k, v in hparams.items() if k not in ("depth", "width")}
+            for group in GROUPS[kind]:
+                width = hparams["width"] if group == "trivial" else matched_width(
+                    kind, group, shape, twin, hparams["depth"], start=hparams["width"], **extra)
+                count = parameters(kind, group, shape, depth=hparams["depth"], width=width, **extra)
+                rule = parameters(kind, group, shape, **hparams)
+                entries.append(dict(name=f"{dataset}-{kind}-{group}", dataset=dataset, description=description, kind=kind,
+                                    group=group, model=dict(kind=kind, group=group, depth=hparams["depth"], width=width, **extra),
+                                    rule_width=hparams["width"], parameters=count, twin_parameters=twin,
+                                    rule_parameters=rule))
+                print(f"{entries[-1]['name']:32s} width {width:4d} parameters {count:8d} ({count / twin:.3f} x twin; "
+                      f"width rule alone {rule / twin:.3f})", flush=True)
+    return entries
+
+
+def _throughput(entry: Dict[str, object], device: str, batch: int, steps: int) -> Dict[str, float]:
+    torch.manual_seed(0)
+    if device == "cpu":
+        torch.set_num_threads(1)
+    config = experiment.load(entry["name"])
+    model = config.build_model().to(device)
+    x = 0.05 + 0.9 * torch.rand(batch, *config.data.shape, device=device)
+    return training_step_speed(model, x, steps)
+
+
+def measure(entries: List[Dict[str, object]], device: str, cpu_batch: int, steps: int) -> None:
+    """Add images/s and peak memory (and on a GPU the expected hours) to every entry."""
+    for entry in entries:
+        config = experiment.load(entry["name"])
+        batch = cpu_batch if device == "cpu" else config.train.batch_size
+        speed = in_child(_throughput, entry, device, batch, steps) if device == "cpu" else _throughput(entry, device, batch, steps)
+        speed["batch"] = batch
+        entry[device.split(":")[0]] = speed
+        if device != "cpu":
+            entry["gpu_hours"] = config.train.steps * config.train.batch_size / speed["images_per_s"] / 3600
+        print(f"{entry['name']:32s} {speed['images_per_s']:9.2f} images/s (batch {batch}), peak {speed['peak_memory_mb']:.0f} MB", flush=True)
+
+
+def _measured(name: str) -> Dict[str, object]:
+    """The ``expected`` block of an existing configuration file (kept when not re-measured)."""
+    path = experiment.CONFIGS / f"{name}.yaml"
+    return (yaml.safe_load(path.read_text()) or {}).get("expected", {}) if path.exists() else {}
+
+
+def write(entries: List[Dict[str, object]], cpu_note: Optional[str], gpu_note: Optional[str]) -> None:
+    """Write one YAML file per entry, and the README table."""
+    rows = []
+    for entry in entries:
+        old = _measured(entry["name"])
+        cpu, gpu = entry.get("cpu"), entry.get("cuda")
+        expected = {
+            "parameters": entry["parameters"],
+            "parameters_vs_trivial": round(entry["parameters"] / entry["twin_parameters"], 3),
+            "cpu_images_per_s": round(cpu["images_per_s"], 2) if cpu else old.get("cpu_images_per_s"),
+            "cpu_measured_on": cpu_note if cpu else old.get("cpu_measured_on"),
+            "gpu_images_per_s": round(gpu["images_per_s"], 1) if gpu else old.get("gpu_images_per_s"),
+            "gpu_hours": round(entry["gpu_hours"], 2) if gpu else old.get("gpu_hours"),
+            "gpu_measured_on": gpu_note if gpu else old.get("gpu_measured_on"),
+        }
+        model = "\n".join(f"  {k}: {v}" for k, v in entry["model"].items())
+        text = (
+            f"# {TITLES[entry['kind']]}, group {entry['group']}, on {entry['description']} (base: _{entry['dataset']}.yaml).\n"
+            f"# Generated by benchmarks/config_grid.py; change the grid there, the data and training in the base.\n"
+            f"base: _{entry['dataset']}\n"
+            f"model:\n{model}\n"
+            f"# width {entry['model']['width']}: the parameter count of the trivial twin (width {entry['rule_width']}); "
+            f"the width rule alone gives {entry['rule_parameters'] / entry['twin_parameters']:.3f} x.\n"
+            f"# gpu_*: null until a GPU run of `python benchmarks/config_grid.py --throughput --device cuda` fills them;\n"
+            f"# gpu_hours = steps * batch_size / gpu_images_per_s / 3600 (training only). CPU figures: batch\n"
+            f"# and machine in cpu_measured_on, only comparable with each other.\n"
+            f"expected:\n" + "".join(f"  {k}: {json.dumps(v)}\n" for k, v in expected.items())
+        )
+        (experiment.CONFIGS / f"{entry['name']}.yaml").write_text(text)
+        rows.append((entry, expected))
+    lines = [
+        "# Experiment configurations",
+        "",
+        "Run one with `python -m gflows.train --config NAME` (see the README's *Training* section). Files starting",
+        "with `_` are the bases: data and training settings of a dataset. The others are generated by",
+        "`benchmarks/config_grid.py`, which matches each equivariant model's width to the parameter count of its",
+        "trivial twin and measures training throughput (`expected` in each file).",
+        "",
+        "| configuration | width | parameters | vs trivial | width rule alone | CPU images/s | GPU hours |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for entry, expected in rows:
+        cpu = expected["cpu_images_per_s"]
+        hours = expected["gpu_hours"]
+        lines.append(f"| `{entry['name']}` | {entry['model']['width']} | {entry['parameters']} | "
+                     f"{expected['parameters_vs_trivial']:.3f} | {entry['rule_parameters'] / entry['twin_parameters']:.3f} | "
+                     f"{'-' if cpu is None else cpu} | {'not measured' if hours is None else hours} |")
+    notes = {n for _, e in rows for n in (e["cpu_measured_on"], e["gpu_measured_on"]) if n}
+    lines += ["", *[f"- {note}" for note in sorted(notes)], ""]
+    README.write_text("\n".join(lines))
+
+
+def main(argv=None) -> List[Dict[str, object]]:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--throughput", action="store_true", help="also time training steps of every configuration")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--cpu-batch", type=int, default=8)
+    p.add_argument("--steps", type=int, default=2, help="timed steps per configuration (after 1 warm-up step)")
+    p.add_argument("--only", help="comma-separated configuration names to measure (default: all)")
+    p.add_argument("--out", type=Path, help="write the entries as JSON here")
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)  # building models is small work: one thread avoids contention on a busy machine
+    entries = grid()
+    cpu_note = gpu_note = None
+    if args.throughput:
+        chosen = [e for e in entries if not args.only or e["name"] in args.only.split(",")]
+        measure(chosen, args.device, args.cpu_batch, args.steps)
+        info = machine()
+        if args.device == "cpu":
+            cpu_note = f"batch {args.cpu_batch}, 1 thread, {info['cpus']}-core {info['platform']}, torch {info['torch']}"
+        else:
+            gpu_note = f"batch of the config, {info.get('gpu')}, torch {info['torch']}"
+    write(entries, cpu_note, gpu_note)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"machine": machine(), "settings": vars(args) | {"out": str(args.out)},
+                                        "results": entries}, indent=1, default=str))
+    return entries
+
+
+if __name__ == "__main__":
+    main()
