@@ -106,7 +106,7 @@ def test_an_interrupted_run_resumes_and_ends_as_an_uninterrupted_one(finished, t
     fit = study.fit
 
     def killed_at_step_3(*args, **kwargs):
-        def kill(step):
+        def kill(step, history):
             if step == 3:
                 raise KeyboardInterrupt
 
