@@ -151,9 +151,9 @@ class Outcome:
 
     Attributes:
         run, setup: what was trained.
-        history: one row per stage (and one at step 0): ``step``, ``time_s`` (seconds of training and
-            validation so far), ``train_loss``, ``valid_bpd``, ``test_bpd``, ``test_bpd_group``,
-            ``invariance_gap_max``, ``invariance_gap_mean``.
+        history: one row per stage, at its last step: ``step``, ``time_s`` (seconds of training and
+            validation so far), ``train_loss`` (mean over the stage), ``valid_bpd``, ``test_bpd``,
+            ``test_bpd_group``, ``invariance_gap_max``, ``invariance_gap_mean``.
         parameters: the model's number of trainable parameters.
         train_size: the number of training images.
         folder: where the run's files are.
@@ -277,19 +277,19 @@ def _train(run: Run, setup: Setup, folder: Path) -> None:
     rows: List[Dict[str, object]] = json.loads((folder / STAGES).read_text()) if (folder / STAGES).is_file() else []
     best = min((row["valid_bpd"] for row in rows), default=math.inf)
     stops = list(range(options.eval_every, options.steps, options.eval_every)) + [options.steps]
-    for stop in stops[max(len(rows) - 1, 0):]:
+    for stop in stops[len(rows):]:
         resume = (folder / CHECKPOINT).is_file()
         result = fit(model, train_set, validation, dataclasses.replace(options, steps=stop), out=folder, resume=resume,
                      config=run_key(run, setup))
-        for trained in result.history[len(rows):]:
-            row = {key: trained[key] for key in ("step", "time_s", "train_loss")}
-            row["valid_bpd"] = trained["test_bpd"]
-            row.update(evaluate(result.ema, images.eval_batches(test_set, options.eval_batch_size, seed=derive_seed(run.seed, "test")),
-                                get(setup.test_group), seed=derive_seed(run.seed, "eval")))
-            rows.append(row)
-            if row["valid_bpd"] < best:
-                best = row["valid_bpd"]
-                save({"ema": _training_state(result.ema), "step": row["step"]}, folder / BEST)
+        trained = result.final                       # the row of the stage's end, whose weights result.ema holds
+        row = {key: trained[key] for key in ("step", "time_s", "train_loss")}
+        row["valid_bpd"] = trained["test_bpd"]
+        row.update(evaluate(result.ema, images.eval_batches(test_set, options.eval_batch_size, seed=derive_seed(run.seed, "test")),
+                            get(setup.test_group), seed=derive_seed(run.seed, "eval")))
+        rows.append(row)
+        if row["valid_bpd"] < best:
+            best = row["valid_bpd"]
+            save({"ema": _training_state(result.ema), "step": row["step"]}, folder / BEST)
         write_text(json.dumps(rows, indent=1), folder / STAGES)
     record = {"key": run_key(run, setup), "history": rows, "train_size": len(train_set),
               "parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
@@ -394,8 +394,12 @@ class Summary:
     std: float
     n: int
 
+    def text(self, digits: int = 3) -> str:
+        """``"mean ± std"`` with ``digits`` decimals (the mean alone for one value)."""
+        return f"{self.mean:.{digits}f} ± {self.std:.{digits}f}" if self.n > 1 else f"{self.mean:.{digits}f}"
+
     def __str__(self) -> str:
-        return f"{self.mean:.3f} ± {self.std:.3f}" if self.n > 1 else f"{self.mean:.3f}"
+        return self.text()
 
 
 def summarize(outcomes: Sequence[Outcome], key: str = "test_bpd", row: str = "selected") -> Dict[Tuple[str, float], Summary]:
@@ -428,13 +432,14 @@ def mean_curve(outcomes: Sequence[Outcome], key: str = "test_bpd", x: str = "ste
 
 
 def table(summaries: Mapping[Tuple[str, float], Summary], labels: Sequence[str], fractions: Sequence[float],
-          sizes: Optional[Mapping[float, int]] = None) -> str:
-    """A text table, one row per label and one column per fraction (headed by its number of images)."""
+          sizes: Optional[Mapping[float, int]] = None, digits: int = 3) -> str:
+    """A text table, one row per label and one column per fraction (headed by its number of images),
+    each cell ``mean ± std`` with ``digits`` decimals."""
     heads = [f"{sizes[f]} img" if sizes else f"{f:.4g}" for f in fractions]
     width = max(len(label) for label in labels)
     lines = [" " * width + "".join(f"{head:>17s}" for head in heads)]
     for label in labels:
-        cells = [str(summaries[(label, f)]) if (label, f) in summaries else "-" for f in fractions]
+        cells = [summaries[(label, f)].text(digits) if (label, f) in summaries else "-" for f in fractions]
         lines.append(f"{label:{width}s}" + "".join(f"{cell:>17s}" for cell in cells))
     return "\n".join(lines)
 

@@ -82,7 +82,7 @@ def test_run_folders_change_with_every_setting_that_changes_the_result(tmp_path)
 
 def test_train_or_load_trains_once_then_loads_the_same_result(finished, monkeypatch):
     root, outcome = finished
-    assert [row["step"] for row in outcome.history] == [0, 2, 4, 6]
+    assert [row["step"] for row in outcome.history] == [2, 4, 6]
     assert outcome.selected == min(outcome.history, key=lambda row: row["valid_bpd"])
     assert outcome.train_size == 75 and outcome.parameters == sum(p.numel() for p in study.build_model(RUN, SETUP).parameters())
     assert all(row["invariance_gap_max"] < 1e-3 for row in outcome.history)   # a D4 model on D4-moved test images
@@ -117,7 +117,7 @@ def test_an_interrupted_run_resumes_and_ends_as_an_uninterrupted_one(finished, t
         study.train_or_load(RUN, SETUP, tmp_path / "killed")
     folder = study.run_folder(RUN, SETUP, tmp_path / "killed")
     assert (folder / study.CHECKPOINT).is_file() and not (folder / study.RESULT).exists()
-    assert [row["step"] for row in json.loads((folder / study.STAGES).read_text())] == [0, 2]
+    assert [row["step"] for row in json.loads((folder / study.STAGES).read_text())] == [2]
     monkeypatch.setattr(study, "fit", fit)
     resumed = study.train_or_load(RUN, SETUP, tmp_path / "killed")
     assert metrics(resumed.history) == metrics(reference.history)
@@ -167,6 +167,7 @@ def test_summaries_over_seeds():
     text = study.table(summaries, ["coupling trivial", "coupling D4"], [0.5, 1.0], {0.5: 750, 1.0: 1500})
     assert text.splitlines()[0].split() == ["750", "img", "1500", "img"]
     assert text.splitlines()[2].split()[2:] == ["2.667", "±", "0.764", "-"]
+    assert study.table(summaries, ["coupling D4"], [0.5], digits=0).splitlines()[1].split()[2:] == ["3", "±", "1"]
     xs, points = study.mean_curve(a, x="time_s")
     assert xs == [0.0, 5.0] and points[0] == study.Summary(5.0, 0.0, 3)
     with pytest.raises(ValueError, match="different steps"):
