@@ -31,7 +31,7 @@ import functools
 import json
 import sys
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 import torch
 import yaml
@@ -41,7 +41,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import in_child, machine, training_step_speed  # noqa: E402
 
 from gflows import models  # noqa: E402
-from gflows.nn import hidden_fields  # noqa: E402
 from gflows.train import experiment  # noqa: E402
 
 DATASETS = {  # name (base: gflows/configs/_NAME.yaml) -> (description, model sizes)
@@ -125,12 +124,17 @@ def _throughput(entry: Dict[str, object], device: str, batch: int, steps: int) -
 
 
 def measure(entries: List[Dict[str, object]], device: str, cpu_batch: int, steps: int) -> None:
-    """Add images/s and peak memory (and on a GPU the expected hours) to every entry."""
+    """Add images/s, peak memory and what measured them (and on a GPU the expected hours) to every entry."""
+    info = machine()
+    if device == "cpu":
+        note = f"batch {cpu_batch}, 1 thread, {info['cpus']}-core {info['platform']}, torch {info['torch']}"
+    else:
+        note = f"batch of the configuration, {info.get('gpu')}, torch {info['torch']}"
     for entry in entries:
         config = experiment.load(entry["name"])
         batch = cpu_batch if device == "cpu" else config.train.batch_size
         speed = in_child(_throughput, entry, device, batch, steps) if device == "cpu" else _throughput(entry, device, batch, steps)
-        speed["batch"] = batch
+        speed.update(batch=batch, measured_on=note)
         entry[device.split(":")[0]] = speed
         if device != "cpu":
             entry["gpu_hours"] = config.train.steps * config.train.batch_size / speed["images_per_s"] / 3600
@@ -143,7 +147,7 @@ def _measured(name: str) -> Dict[str, object]:
     return (yaml.safe_load(path.read_text()) or {}).get("expected", {}) if path.exists() else {}
 
 
-def write(entries: List[Dict[str, object]], cpu_note: Optional[str], gpu_note: Optional[str]) -> None:
+def write(entries: List[Dict[str, object]]) -> None:
     """Write one YAML file per entry, and the README table."""
     rows = []
     for entry in entries:
@@ -153,10 +157,10 @@ def write(entries: List[Dict[str, object]], cpu_note: Optional[str], gpu_note: O
             "parameters": entry["parameters"],
             "parameters_vs_trivial": round(entry["parameters"] / entry["twin_parameters"], 3),
             "cpu_images_per_s": round(cpu["images_per_s"], 2) if cpu else old.get("cpu_images_per_s"),
-            "cpu_measured_on": cpu_note if cpu else old.get("cpu_measured_on"),
+            "cpu_measured_on": cpu["measured_on"] if cpu else old.get("cpu_measured_on"),
             "gpu_images_per_s": round(gpu["images_per_s"], 1) if gpu else old.get("gpu_images_per_s"),
             "gpu_hours": round(entry["gpu_hours"], 2) if gpu else old.get("gpu_hours"),
-            "gpu_measured_on": gpu_note if gpu else old.get("gpu_measured_on"),
+            "gpu_measured_on": gpu["measured_on"] if gpu else old.get("gpu_measured_on"),
         }
         model = "\n".join(f"  {k}: {v}" for k, v in entry["model"].items())
         text = (
@@ -181,6 +185,17 @@ def write(entries: List[Dict[str, object]], cpu_note: Optional[str], gpu_note: O
         "`benchmarks/config_grid.py`, which matches each equivariant model's width to the parameter count of its",
         "trivial twin and measures training throughput (`expected` in each file).",
         "",
+        "- **-rot** datasets: every training image is moved by a random rotation by a multiple of 90 degrees (C4),",
+        "  afresh each epoch, and the group metrics average over C4; on upright `cifar10` they average over D4",
+        "  (the test set rotated and flipped). `--override train.augment=D4 train.eval_group=D4` adds flips.",
+        "- **C8, D8**: G-Residual flows only. Their 45-degree rotations act on pixels only approximately",
+        "  (interpolation), so these models are exactly equivariant to their C4 / D4 subgroup; couplings and IAFs",
+        "  of these groups cannot squeeze 2x2 blocks and are a different, much smaller network, so they are left out.",
+        "- **GPU hours**: not measured yet (no GPU was available when the grid was made); a GPU run of",
+        "  `python benchmarks/config_grid.py --throughput --device cuda` fills them in. CPU figures come from the machine",
+        "  named below, which other jobs shared while it ran (so they are noisy), at a small batch, and",
+        "  only compare configurations with each other.",
+        "",
         "| configuration | width | parameters | vs trivial | width rule alone | CPU images/s | GPU hours |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
@@ -203,19 +218,13 @@ def main(argv=None) -> List[Dict[str, object]]:
     p.add_argument("--steps", type=int, default=2, help="timed steps per configuration (after 1 warm-up step)")
     p.add_argument("--only", help="comma-separated configuration names to measure (default: all)")
     p.add_argument("--out", type=Path, help="write the entries as JSON here")
+    p.add_argument("--entries", type=Path, help="reuse the grid of an earlier --out JSON instead of building it again")
     args = p.parse_args(argv)
     torch.set_num_threads(1)  # building models is small work: one thread avoids contention on a busy machine
-    entries = grid()
-    cpu_note = gpu_note = None
+    entries = json.loads(args.entries.read_text())["results"] if args.entries else grid()
     if args.throughput:
-        chosen = [e for e in entries if not args.only or e["name"] in args.only.split(",")]
-        measure(chosen, args.device, args.cpu_batch, args.steps)
-        info = machine()
-        if args.device == "cpu":
-            cpu_note = f"batch {args.cpu_batch}, 1 thread, {info['cpus']}-core {info['platform']}, torch {info['torch']}"
-        else:
-            gpu_note = f"batch of the config, {info.get('gpu')}, torch {info['torch']}"
-    write(entries, cpu_note, gpu_note)
+        measure([e for e in entries if not args.only or e["name"] in args.only.split(",")], args.device, args.cpu_batch, args.steps)
+    write(entries)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"machine": machine(), "settings": vars(args) | {"out": str(args.out)},

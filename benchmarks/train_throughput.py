@@ -79,7 +79,7 @@ def main(argv=None) -> Dict[str, object]:
     args = p.parse_args(argv)
     if args.quick:
         args.dataset, args.batch, args.steps, args.depth, args.width = "digits", 16, 2, 2, 8
-        args.target_bpd, args.max_steps, args.eval_every, args.test_size, args.lr = 7.0, 40, 10, 100, 3e-3
+        args.target_bpd, args.max_steps, args.eval_every, args.test_size, args.lr = 7.5, 60, 10, 100, 3e-3
     kinds: List[str] = args.kinds.split(",")
     groups = args.groups.split(",")
     results = [in_child(measure, kind, group, args) if args.device == "cpu" else measure(kind, group, args)

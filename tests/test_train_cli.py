@@ -10,6 +10,7 @@ import pytest
 import torch
 import yaml
 
+from gflows.data import images
 from gflows.train import experiment
 from gflows.train.__main__ import main
 from gflows.train.experiment import ConfigError
@@ -25,6 +26,11 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def test_the_image_shapes_known_before_loading_are_those_of_the_data():
+    assert set(experiment.DATA_SHAPES) == set(images.DATASETS)
+    assert images.load("digits").shape == experiment.DATA_SHAPES["digits"]
 
 
 def test_the_grid_ships_every_dataset_kind_and_group():

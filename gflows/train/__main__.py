@@ -21,7 +21,8 @@ from .loop import CHECKPOINT
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m gflows.train", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m gflows.train",
+                                description="Train a flow from an experiment configuration (torchrun: on several processes).")
     p.add_argument("--config", help="a configuration's name (see --list) or a path to a YAML file")
     p.add_argument("--override", nargs="+", default=[], metavar="SECTION.KEY=VALUE",
                    help="change a setting, e.g. train.lr=3e-4 model.width=64 (values in YAML syntax)")

@@ -72,11 +72,20 @@ def default_device(current: World) -> torch.device:
 
 
 def broadcast_state(module: nn.Module, current: World) -> None:
-    """Copy rank 0's parameters and buffers to every process (models built with different seeds agree)."""
+    """Copy rank 0's parameters and buffers to every process (models built with different seeds agree).
+
+    Tensors are matched by name: escnn registers the buffers of a basis expansion in an order that
+    changes from one process to the next (it iterates over a set of strings), so broadcasting
+    ``module.buffers()`` in order, as DDP's own start-up synchronisation does, would copy one basis
+    into another of the same shape. Non-contiguous tensors go through a contiguous copy.
+    """
     if current.distributed:
+        named = sorted([*module.named_parameters(), *module.named_buffers()], key=lambda item: item[0])
         with torch.no_grad():
-            for tensor in [*module.parameters(), *module.buffers()]:
-                dist.broadcast(tensor.data, src=0)
+            for _, tensor in named:
+                received = tensor.detach().contiguous()
+                dist.broadcast(received, src=0)
+                tensor.copy_(received)
 
 
 def all_sum(values: torch.Tensor, current: World) -> torch.Tensor:

@@ -191,7 +191,10 @@ def apply_overrides(raw: Dict[str, object], overrides: Iterable[str]) -> Dict[st
             raise ConfigError(f"override {override!r}: no section {section!r}{_did_you_mean(section, SECTIONS[1:])}")
         raw.setdefault(section, {})
         raw[section] = dict(raw[section] or {})
-        raw[section][name] = yaml.safe_load(text)
+        try:
+            raw[section][name] = yaml.safe_load(text)
+        except yaml.YAMLError as error:
+            raise ConfigError(f"override {override!r}: the value is not valid YAML ({error})") from None
     return raw
 
 

@@ -50,8 +50,8 @@ from ..flows import FlowModel
 from ..groups import get
 from . import checkpoint, distributed, rng
 from .ema import EMA
-from .metrics import evaluate, is_image_model, sample_loss
-from .sources import Source, as_source, batches_per_epoch
+from .metrics import evaluate, sample_loss
+from .sources import as_source, batches_per_epoch
 
 CHECKPOINT = "checkpoint.pt"
 #: Options that may differ when a run is resumed (they do not change what is computed).
@@ -295,8 +295,8 @@ class _Run:
     def train(self, callback) -> None:
         options, progress = self.options, self.progress
         objective: nn.Module = _Objective(self.model)
-        if self.world.distributed:  # the weights already agree (start / resume): no broadcast, which would
-            objective = DistributedDataParallel(  # touch them and make Lipschitz layers re-iterate
+        if self.world.distributed:  # the state already agrees (start / resume): DDP's broadcast would touch the
+            objective = DistributedDataParallel(  # weights (Lipschitz layers re-iterate) and mix up escnn's buffers
                 objective, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 init_sync=False, forward_sync_buffers=False)
         self.bar = tqdm(total=options.steps, initial=progress.step, disable=not (options.progress and self.world.is_main),

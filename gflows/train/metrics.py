@@ -42,8 +42,9 @@ def is_image_model(model: FlowModel) -> bool:
     return len(model.data_shape) == 3
 
 
-def bits_per_dim(log_prob: torch.Tensor, dim: int) -> torch.Tensor:
-    """Bits/dim of 8-bit data from the log-density of its dequantised version (as ``FlowModel.bits_per_dim``)."""
+def bits_per_dim(log_prob, dim: int):
+    """Bits/dim of 8-bit data from the log-density (tensor or number) of its dequantised version
+    (as ``FlowModel.bits_per_dim``)."""
     return -(log_prob - dim * math.log(256)) / (dim * math.log(2))
 
 
@@ -106,37 +107,39 @@ def evaluate(model: FlowModel, batches: Iterable[torch.Tensor], group: Group, *,
     images = is_image_model(model)
     elements = evaluation_elements(model, group) if group_metrics else [group.identity]
     act = group.act_image if images else group.act_points
-    dtype = next(model.parameters()).dtype
-    device = next(model.parameters()).device
-    sums = torch.zeros(5, dtype=torch.float64, device=device)  # samples, sum log p, sum over g, gap sum, gap count
-    gap_max = torch.zeros((), dtype=torch.float64, device=device)
+    parameter = next(model.parameters())
+    totals = dict.fromkeys(("samples", "log_prob", "group_log_prob", "gap", "gaps"), 0.0)
+    gap_max = 0.0
     for index, x in enumerate(batches):
         if index % current.size != current.rank:
             continue
-        x = x.to(device=device, dtype=dtype)
+        x = x.to(device=parameter.device, dtype=parameter.dtype)
         log_probs = []
         for g in elements:
             with _forked_rng(x), moved_probes(model, lambda v, g=g: act(v, g)):
                 torch.manual_seed(derive_seed(seed, index))
                 log_probs.append(model.log_prob(act(x, g)).to(torch.float64))
-        log_probs = torch.stack(log_probs)  # (|G|, B)
+        log_probs = torch.stack(log_probs)  # (|G|, B), the identity first
         gaps = (log_probs[1:] - log_probs[:1]).abs()
-        sums += torch.stack([torch.tensor(x.shape[0], dtype=torch.float64, device=device), log_probs[0].sum(),
-                             log_probs.mean(0).sum(), gaps.sum(), torch.tensor(gaps.numel(), dtype=torch.float64, device=device)])
-        if gaps.numel():
-            gap_max = torch.maximum(gap_max, gaps.max())
-    sums, gap_max = all_sum(sums, current), all_max(gap_max, current)
-    count, log_prob_sum, group_sum, gap_sum, gap_count = sums.tolist()
-    if count == 0:
+        totals["samples"] += x.shape[0]
+        totals["log_prob"] += float(log_probs[0].sum())
+        totals["group_log_prob"] += float(log_probs.mean(0).sum())
+        totals["gap"] += float(gaps.sum())
+        totals["gaps"] += gaps.numel()
+        gap_max = max(gap_max, float(gaps.max())) if gaps.numel() else gap_max
+    summed = all_sum(torch.tensor(list(totals.values()), dtype=torch.float64, device=parameter.device), current)
+    totals = dict(zip(totals, summed.tolist()))
+    gap_max = float(all_max(torch.tensor(gap_max, dtype=torch.float64, device=parameter.device), current))
+    if totals["samples"] == 0:
         raise ValueError("the test set is empty")
     name = "test_bpd" if images else "test_nll"
 
     def loss(mean_log_prob: float) -> float:
-        return float(bits_per_dim(torch.tensor(mean_log_prob), model.dim)) if images else -mean_log_prob
+        return bits_per_dim(mean_log_prob, model.dim) if images else -mean_log_prob
 
-    metrics = {name: loss(log_prob_sum / count)}
+    metrics = {name: loss(totals["log_prob"] / totals["samples"])}
     if group_metrics:
-        metrics[f"{name}_group"] = loss(group_sum / count)
-        metrics["invariance_gap_max"] = float(gap_max)
-        metrics["invariance_gap_mean"] = gap_sum / gap_count if gap_count else 0.0
+        metrics[f"{name}_group"] = loss(totals["group_log_prob"] / totals["samples"])
+        metrics["invariance_gap_max"] = gap_max
+        metrics["invariance_gap_mean"] = totals["gap"] / totals["gaps"] if totals["gaps"] else 0.0
     return metrics
