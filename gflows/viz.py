@@ -17,12 +17,16 @@ same code.
 * :func:`plot_transport`, :func:`transport_animation`: snapshots and an animation of a transport
   flow (:class:`gflows.transport.MoserTransport`) moving points while the density changes;
   :func:`animation_html` turns an animation into self-contained HTML for the offline book.
+
+* :func:`image_grid`: a batch of images (data or samples) as one tiled picture;
+* :func:`plot_curves`: a metric against steps, seconds or training-set sizes, one line per model, with
+  a band of plus or minus one standard deviation over seeds.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Callable, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Callable, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -474,3 +478,84 @@ def animation_html(animation) -> str:
     if "://" in re.sub(r"data:image/\w+;base64,[^\"']*", "", html):
         raise RuntimeError("matplotlib's animation player changed: it still refers to another host")
     return html
+
+def _tiles(images: torch.Tensor, columns: int) -> np.ndarray:
+    """``(N, C, H, W)`` images tiled ``columns`` to a row, one blank pixel between tiles:
+    ``(rows*(H+1)-1, columns*(W+1)-1)`` for C = 1, with a trailing axis of 3 for C = 3 (RGB)."""
+    n, channels, h, w = images.shape
+    rows = -(-n // columns)
+    pictures = images.detach().to(torch.float64).cpu().clamp(0, 1).permute(0, 2, 3, 1).numpy()
+    canvas = np.full((rows * (h + 1) - 1, columns * (w + 1) - 1, channels), np.nan if channels == 1 else 1.0)
+    for i, picture in enumerate(pictures):
+        r, q = divmod(i, columns)
+        canvas[r * (h + 1):r * (h + 1) + h, q * (w + 1):q * (w + 1) + w] = picture
+    return canvas[..., 0] if channels == 1 else canvas
+
+
+def image_grid(images: torch.Tensor, *, columns: Optional[int] = None, title: Optional[str] = None,
+               ax: Optional[Axes] = None) -> Figure:
+    """A batch of images as one picture, ``columns`` tiles to a row (default: as square as possible).
+
+    Args:
+        images: ``(N, C, H, W)`` with C = 1 (drawn dark on light, like ink) or C = 3 (RGB), values
+            in [0, 1] (values outside are clipped).
+        title: the axes' title.
+        ax: draw into this axes instead of a new figure.
+    Returns:
+        The figure holding the axes; its one image is the tiled canvas (blank pixels between tiles).
+    """
+    if not torch.is_tensor(images) or images.dim() != 4 or images.shape[1] not in (1, 3) or len(images) == 0:
+        shape = tuple(images.shape) if torch.is_tensor(images) else type(images).__name__
+        raise ValueError(f"expected images (N, C, H, W) with N >= 1 and C = 1 or 3, got {shape}")
+    columns = columns or _grid_shape(len(images))[1]
+    canvas = _tiles(images, columns)
+    if ax is None:
+        height, width = canvas.shape[:2]
+        scale = min(0.09, 7.0 / width)  # inches per pixel: about 7 inches wide at most
+        fig = Figure(figsize=(width * scale + 0.2, height * scale + (0.45 if title else 0.2)), layout="constrained")
+        ax = fig.add_subplot()
+    ax.imshow(canvas, cmap=_IMAGE_CMAP if canvas.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title:
+        ax.set_title(title, fontsize=9)
+    return _root_figure(ax)
+
+
+def plot_curves(curves: Mapping[str, Tuple[Sequence[float], Sequence[float], Optional[Sequence[float]]]], *,
+                xlabel: str, ylabel: str = "test bits/dim", title: Optional[str] = None, logx: bool = False,
+                xticks: Optional[Sequence[float]] = None, ax: Optional[Axes] = None) -> Figure:
+    """Curves of several models: one line each, with a band of plus or minus one deviation where given.
+
+    Each model has its own abscissae (e.g. seconds of training, which differ between models).
+
+    Args:
+        curves: ``{label: (xs, means, stds or None)}``, e.g. steps, seconds or numbers of training
+            images, and the mean test bits/dim over seeds with its standard deviation.
+        xlabel, ylabel, title: the axes' labels.
+        logx: a logarithmic x-axis.
+        xticks: ticks at these values, labelled with them (e.g. the training-set sizes).
+        ax: draw into this axes instead of a new figure.
+    Returns:
+        The figure; each model is one line (and one band where deviations are given).
+    """
+    if ax is None:
+        fig = Figure(figsize=(6.0, 3.8), layout="constrained")
+        ax = fig.add_subplot()
+    for label, (xs, means, stds) in curves.items():
+        (line,) = ax.plot(xs, means, marker=".", label=label)
+        if stds is not None:
+            low = np.asarray(means, dtype=float) - np.asarray(stds, dtype=float)
+            ax.fill_between(xs, low, low + 2 * np.asarray(stds, dtype=float), color=line.get_color(), alpha=0.2, lw=0)
+    if logx:
+        ax.set_xscale("log")
+    if xticks is not None:
+        ax.set_xticks(list(xticks), [f"{t:g}" for t in xticks])
+        ax.minorticks_off()
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _root_figure(ax)

@@ -182,3 +182,37 @@ def test_transport_snapshots_and_animation():
     assert html.count("data:image/png;base64") == 3
     assert "https://" not in html and "font-awesome" not in html      # plays in an offline book
     assert "\u25b6" in html                                             # the play button has a label
+
+def test_image_grid_tiles_every_image_in_place():
+    images = torch.rand(5, 1, 4, 3)
+    fig = viz.image_grid(images, columns=3, title="five")
+    (shown,) = fig.axes[0].get_images()
+    canvas = shown.get_array()
+    assert canvas.shape == (2 * 5 - 1, 3 * 4 - 1)                     # 2 rows, 3 columns, 1-pixel gaps
+    for i, image in enumerate(images):
+        r, q = divmod(i, 3)
+        assert torch.allclose(torch.as_tensor(canvas[r * 5:r * 5 + 4, q * 4:q * 4 + 3]).double(), image[0].double())
+    assert fig.axes[0].get_title() == "five"
+
+
+def test_image_grid_draws_colour_images_and_refuses_other_shapes():
+    images = torch.rand(4, 3, 2, 2)
+    canvas = viz.image_grid(images).axes[0].get_images()[0].get_array()
+    assert canvas.shape == (5, 5, 3)                                   # 2 x 2 tiles, RGB
+    assert torch.allclose(torch.as_tensor(canvas[3:5, 3:5]).double(), images[3].permute(1, 2, 0).double())
+    for bad in (torch.rand(2, 2, 4, 4), torch.rand(4, 4), torch.rand(0, 1, 4, 4)):
+        with pytest.raises(ValueError, match="expected images"):
+            viz.image_grid(bad)
+
+
+def test_plot_curves_lines_and_bands():
+    fig = viz.plot_curves({"mean of 3": ([0, 10, 20], [5.0, 4.0, 3.5], [0.1, 0.1, 0.2]), "one run": ([0, 10], [6.0, 5.0], None)},
+                          xlabel="step")
+    ax = fig.axes[0]
+    assert [list(line.get_xdata()) for line in ax.get_lines()] == [[0, 10, 20], [0, 10]]
+    assert list(ax.get_lines()[0].get_ydata()) == [5.0, 4.0, 3.5]
+    assert len(ax.collections) == 1                                    # a band only where deviations are given
+    assert ax.get_xlabel() == "step"
+    sizes = [75, 150, 300]
+    ax = viz.plot_curves({"a": (sizes, [3.0, 2.5, 2.0], [0.1, 0.2, 0.0])}, xlabel="training images", logx=True, xticks=sizes).axes[0]
+    assert ax.get_xscale() == "log" and [t.get_text() for t in ax.get_xticklabels()] == ["75", "150", "300"]

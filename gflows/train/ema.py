@@ -27,12 +27,16 @@ class EMA:
         self.decay = decay
         self.model = copy.deepcopy(model)
         self.model.requires_grad_(False)
+        # the parameter lists, made once (walking escnn's module trees costs milliseconds per call)
+        self._averaged, self._source, self._current = list(self.model.parameters()), model, list(model.parameters())
 
     @torch.no_grad()
     def update(self, model: nn.Module, step: int) -> None:
         """Move the average towards ``model``'s parameters after optimiser step ``step`` (0-based)."""
         decay = self.decay_at(step)
-        for averaged, current in zip(self.model.parameters(), model.parameters()):
+        if model is not self._source:
+            self._source, self._current = model, list(model.parameters())
+        for averaged, current in zip(self._averaged, self._current):
             if decay == 0.0:
                 averaged.copy_(current)
             else:

@@ -260,7 +260,10 @@ class _Run:
         self.eval_group = get(options.eval_group) if options.eval_group else model.group
         model.to(self.device).train()
         self.dtype = next(model.parameters()).dtype
-        self.optimiser = torch.optim.AdamW(model.parameters(), lr=options.lr, betas=options.betas, weight_decay=options.weight_decay)
+        # listed once: model.parameters() walks the module tree, and hashing escnn's modules on the way
+        # costs milliseconds per call, as much as a training step of a small model
+        self.parameters = list(model.parameters())
+        self.optimiser = torch.optim.AdamW(self.parameters, lr=options.lr, betas=options.betas, weight_decay=options.weight_decay)
         self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimiser, lambda step: warmup_factor(step, options.warmup_steps))
         self.started = time.perf_counter()
 
@@ -326,7 +329,7 @@ class _Run:
         loss = objective(self._batch(x)).mean()
         self.optimiser.zero_grad(set_to_none=True)
         loss.backward()
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.options.grad_clip or math.inf))
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.parameters, self.options.grad_clip or math.inf))
         mean_loss = float(distributed.all_sum(loss.detach().reshape(1), self.world)) / self.world.size
         progress = self.progress
         if not (math.isfinite(mean_loss) and math.isfinite(grad_norm)):
