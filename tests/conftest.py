@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import book_pages
+from threads import single_thread
 
 
 def pytest_addoption(parser):
@@ -37,3 +38,11 @@ def built_book():
     if not (book_pages.HTML / "index.html").exists():
         book_pages.unavailable("the HTML book is not built: run `make book` first")
     return book_pages.HTML
+
+
+@pytest.fixture
+def one_thread():
+    """The test runs in :func:`single_thread`; modules of tiny models use it for every test with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    with single_thread():
+        yield

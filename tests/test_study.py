@@ -11,6 +11,7 @@ import torch
 
 from gflows import groups, study, train
 from gflows.data import images
+from threads import single_thread
 
 SETUP = study.Setup(study.Data("digits", symmetry="D4", test_size=40),
                     model=dict(depth=1, width=4),
@@ -18,25 +19,15 @@ SETUP = study.Setup(study.Data("digits", symmetry="D4", test_size=40),
 RUN = study.Run("coupling", "D4", fraction=1 / 16, seed=1)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one thread, as in the study's worker processes (and no OpenMP contention)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
     """RUN trained once, in one thread: (its root folder, its outcome)."""
     root = tmp_path_factory.mktemp("finished")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with single_thread():
         return root, study.train_or_load(RUN, SETUP, root)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def metrics(history):

@@ -16,14 +16,7 @@ POINTS = (2,)
 IMAGES = (1, 4, 4)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread, which avoids OpenMP's contention on a busy 2-core machine (10 ms per
-    4x4 convolution with two threads, microseconds with one)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Killed(Exception):

@@ -20,12 +20,7 @@ TINY = ["model.depth=2", "model.width=8", "train.steps=3", "train.eval_every=3",
         "data.test_size=100", "train.progress=false"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_the_image_shapes_known_before_loading_are_those_of_the_data():
