@@ -213,3 +213,11 @@ def test_dequantize():
         dequantize(torch.rand(3))
     with pytest.raises(ValueError, match="0..255"):
         dequantize(torch.tensor([3, 300]))
+
+
+def test_dequantize_of_255_stays_below_one():
+    # with u ~ torch.rand in float32, 255 + u rounds up to 256 for u > 1 - 2**-17: about 15 of these 2e6
+    pixels = torch.full((2_000_000,), 255, dtype=torch.uint8)
+    x = dequantize(pixels, generator=torch.Generator().manual_seed(0))
+    assert x.max() < 1 and torch.equal(torch.floor(x * 256).to(torch.uint8), pixels)
+    assert len(torch.unique(x)) > 60_000          # u spreads over its 2**16 values

@@ -89,7 +89,12 @@ def standard_normal_log_prob(z: torch.Tensor) -> torch.Tensor:
 
 
 def dequantize(pixels: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """Uniform dequantisation of 8-bit images: ``x = (k + u) / 256`` with ``u ~ U[0, 1)``.
+    """Uniform dequantisation of 8-bit images: ``x = (k + u) / 256`` with ``u`` uniform in ``[0, 1)``.
+
+    ``u`` takes the :math:`2^{16}` equally likely values :math:`j/2^{16}`: the finest grid on which
+    ``k + u`` is exact in float32 (8 integer and 16 fractional bits fill the 24-bit significand), so
+    ``x < 1`` and ``floor(256 x) == k`` hold exactly. (A float32 ``torch.rand`` would round
+    ``255 + u`` up to 256 whenever :math:`u > 1 - 2^{-17}`.)
 
     Args:
         pixels: integer tensor with values in ``0..255`` (any shape).
@@ -102,8 +107,8 @@ def dequantize(pixels: torch.Tensor, generator: Optional[torch.Generator] = None
         raise ValueError("dequantize expects integer pixel values 0..255 (e.g. uint8), got floats")
     if pixels.numel() and (int(pixels.min()) < 0 or int(pixels.max()) > 255):
         raise ValueError("dequantize expects pixel values in 0..255")
-    noise = torch.rand(pixels.shape, generator=generator, device=pixels.device)
-    return (pixels.float() + noise) / 256.0
+    steps = torch.randint(0, 2**16, pixels.shape, generator=generator, device=pixels.device)
+    return (pixels.float() + steps.float() / 2**16) / 256.0
 
 
 class FlowModel(nn.Module):

@@ -22,6 +22,10 @@ few iterations per training step track the slowly changing weights:
 * the first call, or a call at a new input size, starts from random vectors and runs
   ``n_iterations_init``.
 
+The state dict holds u, v and whether the weights changed since the last iteration, so a module
+loaded from it iterates at its next call exactly when the saved one would have (training resumed
+from a checkpoint repeats the uninterrupted run).
+
 Power iteration approaches :math:`\lVert\mathcal{W}\rVert_2` from below, so after enough iterations
 :math:`\mathrm{Lip} \le c` up to the iteration's tolerance; the tests measure the true norm.
 Gradients flow through :math:`\hat\sigma` (u and v are constants), as in Miyato et al. 2018.
@@ -59,6 +63,7 @@ class _NormBounded(nn.Module):
         self.register_buffer("u", torch.empty(0))
         self.register_buffer("v", torch.empty(0))
         self._iterated_version: Tuple[int, ...] = ()
+        self._weights_changed_when_saved = False
         self.register_load_state_dict_post_hook(_NormBounded._loaded)
 
     # -- subclass interface
@@ -112,7 +117,7 @@ class _NormBounded(nn.Module):
         shape = self._vector_shape(x)
         if tuple(self.v.shape) != shape or self.v.dtype != weight.dtype or self.v.device != weight.device:
             self._start(weight.detach(), shape)
-        elif self._weights_version() != self._iterated_version:
+        elif self.weights_changed:
             self._iterate(weight.detach(), self.n_iterations_train)
         scale = torch.clamp(self.sigma(weight) / self.coeff, min=1.0)
         return weight / scale, bias
@@ -136,9 +141,21 @@ class _NormBounded(nn.Module):
                 setattr(self, name, torch.empty_like(state_dict[prefix + name]))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
+    @property
+    def weights_changed(self) -> bool:
+        """True when the weights changed since the last power iteration: the next call iterates first."""
+        return bool(self.v.numel()) and self._weights_version() != self._iterated_version
+
+    def get_extra_state(self) -> dict:
+        return {"weights_changed": self.weights_changed}
+
+    def set_extra_state(self, state: dict) -> None:
+        self._weights_changed_when_saved = bool(state["weights_changed"])
+
     def _loaded(self, *_) -> None:
-        # loaded u and v belong to the loaded weights: no power iteration until the weights change
-        self._iterated_version = self._weights_version()
+        # loaded u and v belong to the weights of their last iteration: iterate at the next call
+        # exactly when the saved module would have
+        self._iterated_version = () if self._weights_changed_when_saved else self._weights_version()
 
 
 class LipschitzConv(_NormBounded):
