@@ -362,16 +362,20 @@ def density_grid(rows: Mapping[str, Mapping[str, Callable[[torch.Tensor], torch.
 
 def plot_spread(x: Sequence[float], curves: Mapping[str, np.ndarray], *, ax: Optional[Axes] = None,
                 reference: Optional[float] = None, reference_label: str = "", log_x: bool = False,
-                xlabel: str = "", ylabel: str = "") -> Figure:
+                xlabel: str = "", ylabel: str = "", colors: Optional[Sequence] = None, linestyle: str = "-",
+                top: Optional[float] = None) -> Figure:
     r"""Curves measured over several runs: the mean as a line with markers, :math:`\pm` one standard
     deviation over the runs as error bars (none for a single run).
 
     Args:
         x: the ``P`` abscissae.
         curves: ``{label: values}`` with values of shape ``(runs, P)`` (or ``(P,)`` for one run).
-        ax: draw into this axes instead of a new figure.
+        ax: draw into this axes instead of a new figure (call again with the same axes to add curves).
         reference: a horizontal line, e.g. the entropy that bounds a test NLL from below.
         log_x: logarithmic x axis (base 2).
+        colors: one colour per curve (default: the ``tab10`` colours in order); ``linestyle`` for all.
+        top: upper limit of the y axis. A mean above it (e.g. a model that overfits a tiny training
+            set) is marked by a triangle on the upper edge, labelled with its value.
     Returns:
         The figure holding the axes.
     """
@@ -379,13 +383,25 @@ def plot_spread(x: Sequence[float], curves: Mapping[str, np.ndarray], *, ax: Opt
     if ax is None:
         fig = Figure(figsize=(5.5, 3.6), layout="constrained")
         ax = fig.add_subplot()
-    for i, (label, values) in enumerate(curves.items()):
+    colors = list(colors) if colors is not None else [_element_colour(i, 10) for i in range(len(curves))]
+    if len(colors) < len(curves):
+        raise ValueError(f"{len(curves)} curves need as many colours, got {len(colors)}")
+    for color, (label, values) in zip(colors, curves.items()):
         values = np.atleast_2d(np.asarray(values, dtype=float))
         if values.shape[1] != len(x):
             raise ValueError(f"curve {label!r} has {values.shape[1]} points, x has {len(x)}")
+        mean = values.mean(axis=0)
         spread = values.std(axis=0, ddof=1) if len(values) > 1 else None
-        ax.errorbar(x, values.mean(axis=0), yerr=spread, marker="o", ms=3.5, capsize=3, lw=1.4,
-                    label=label, color=_element_colour(i, len(curves)))
+        ax.errorbar(x, mean, yerr=spread, marker="o", ms=3.5, capsize=3, lw=1.4, ls=linestyle,
+                    label=label, color=color)
+        if top is not None:
+            for xi, value in zip(x, mean):
+                if value > top:
+                    ax.plot([xi], [top], marker="^", ms=8, color=color, clip_on=False)
+                    ax.annotate(f"{value:.3g}", (xi, top), xytext=(4, -12), textcoords="offset points",
+                                fontsize=7, color=color)
+    if top is not None:
+        ax.set_ylim(top=top)
     if reference is not None:
         ax.axhline(reference, ls="--", lw=1, color="0.3", label=reference_label or None)
     if log_x:

@@ -194,3 +194,15 @@ def test_plot_spread_draws_the_mean_and_the_standard_deviation_over_runs():
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["entropy", "model", "one run"]
     with pytest.raises(ValueError, match="3 points"):
         viz.plot_spread([1, 2], {"model": runs})
+
+
+def test_plot_spread_marks_means_above_the_top_of_the_axis():
+    runs = np.array([[2.0, 300.0], [2.2, 500.0]])
+    fig = viz.plot_spread([32, 64], {"twin": runs}, top=3.0, colors=["tab:orange"], linestyle="--")
+    (ax,) = fig.axes
+    assert ax.get_ylim()[1] == 3.0
+    (label,) = ax.texts
+    assert label.get_text() == "400" and label.xy == (64.0, 3.0)
+    assert ax.containers[0].lines[0].get_linestyle() == "--"
+    with pytest.raises(ValueError, match="colours"):
+        viz.plot_spread([1, 2], {"a": runs, "b": runs}, colors=["red"])
