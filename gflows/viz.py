@@ -391,15 +391,14 @@ def plot_spread(x: Sequence[float], curves: Mapping[str, np.ndarray], *, ax: Opt
         if values.shape[1] != len(x):
             raise ValueError(f"curve {label!r} has {values.shape[1]} points, x has {len(x)}")
         mean = values.mean(axis=0)
-        spread = values.std(axis=0, ddof=1) if len(values) > 1 else None
-        ax.errorbar(x, mean, yerr=spread, marker="o", ms=3.5, capsize=3, lw=1.4, ls=linestyle,
-                    label=label, color=color)
-        if top is not None:
-            for xi, value in zip(x, mean):
-                if value > top:
-                    ax.plot([xi], [top], marker="^", ms=8, color=color, clip_on=False)
-                    ax.annotate(f"{value:.3g}", (xi, top), xytext=(4, -12), textcoords="offset points",
-                                fontsize=7, color=color)
+        spread = values.std(axis=0, ddof=1) if len(values) > 1 else np.zeros_like(mean)
+        above = mean > top if top is not None else np.zeros(len(x), dtype=bool)
+        shown = np.where(above, np.nan, mean)          # the line breaks where a mean is off the axis
+        ax.errorbar(x, shown, yerr=np.where(above, np.nan, spread) if len(values) > 1 else None, marker="o", ms=3.5,
+                    capsize=3, lw=1.4, ls=linestyle, label=label, color=color)
+        for xi, value in zip(x[above], mean[above]):
+            ax.plot([xi], [top], marker="^", ms=8, color=color, clip_on=False)
+            ax.annotate(f"{value:.3g}", (xi, top), xytext=(5, -11), textcoords="offset points", fontsize=7, color=color)
     if top is not None:
         ax.set_ylim(top=top)
     if reference is not None:

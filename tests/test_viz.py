@@ -203,6 +203,8 @@ def test_plot_spread_marks_means_above_the_top_of_the_axis():
     assert ax.get_ylim()[1] == 3.0
     (label,) = ax.texts
     assert label.get_text() == "400" and label.xy == (64.0, 3.0)
+    mean_line = ax.containers[0].lines[0]
+    assert mean_line.get_ydata()[0] == 2.1 and np.isnan(mean_line.get_ydata()[1])  # off the axis: no line
     assert ax.containers[0].lines[0].get_linestyle() == "--"
     with pytest.raises(ValueError, match="colours"):
         viz.plot_spread([1, 2], {"a": runs, "b": runs}, colors=["red"])
