@@ -399,10 +399,10 @@ def plot_spread(x: Sequence[float], curves: Mapping[str, np.ndarray], *, ax: Opt
         for xi, value in zip(x[above], mean[above]):
             ax.plot([xi], [top], marker="^", ms=8, color=color, clip_on=False)
             ax.annotate(f"{value:.3g}", (xi, top), xytext=(5, -11), textcoords="offset points", fontsize=7, color=color)
-    if top is not None:
-        ax.set_ylim(top=top)
     if reference is not None:
         ax.axhline(reference, ls="--", lw=1, color="0.3", label=reference_label or None)
+    if top is not None:  # after the reference line, so that the lower limit still shows it
+        ax.set_ylim(top=top)
     if log_x:
         ax.set_xscale("log", base=2)
     ax.set_xlabel(xlabel)

@@ -198,9 +198,9 @@ def test_plot_spread_draws_the_mean_and_the_standard_deviation_over_runs():
 
 def test_plot_spread_marks_means_above_the_top_of_the_axis():
     runs = np.array([[2.0, 300.0], [2.2, 500.0]])
-    fig = viz.plot_spread([32, 64], {"twin": runs}, top=3.0, colors=["tab:orange"], linestyle="--")
+    fig = viz.plot_spread([32, 64], {"twin": runs}, top=3.0, colors=["tab:orange"], linestyle="--", reference=1.5)
     (ax,) = fig.axes
-    assert ax.get_ylim()[1] == 3.0
+    assert ax.get_ylim()[0] < 1.5 and ax.get_ylim()[1] == 3.0   # the reference line stays in view
     (label,) = ax.texts
     assert label.get_text() == "400" and label.xy == (64.0, 3.0)
     mean_line = ax.containers[0].lines[0]
