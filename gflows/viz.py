@@ -16,11 +16,15 @@ same code.
   static twin over several groups;
 * :func:`plot_transport`, :func:`transport_animation`: snapshots and an animation of a transport
   flow (:class:`gflows.transport.MoserTransport`) moving points while the density changes;
-  :func:`animation_html` turns an animation into self-contained HTML for the offline book.
-
+  :func:`animation_html` turns an animation into self-contained HTML for the offline book;
 * :func:`image_grid`: a batch of images (data or samples) as one tiled picture;
 * :func:`plot_curves`: a metric against steps, seconds or training-set sizes, one line per model, with
-  a band of plus or minus one standard deviation over seeds.
+  a band of plus or minus one standard deviation over seeds, from summaries (each model with its own
+  abscissae, e.g. seconds);
+* :func:`density_image` and :func:`density_grid`: densities of the plane on a grid, e.g. learned
+  densities next to the truth;
+* :func:`plot_spread`: the raw values of several runs (seeds) on shared abscissae, drawn as mean and
+  standard deviation, with means beyond the axis marked (e.g. a model that overfits).
 """
 
 from __future__ import annotations
@@ -558,4 +562,112 @@ def plot_curves(curves: Mapping[str, Tuple[Sequence[float], Sequence[float], Opt
         ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    return _root_figure(ax)
+
+
+@torch.no_grad()
+def density_image(log_prob: Callable[[torch.Tensor], torch.Tensor], extent: float, *, resolution: int = 200,
+                  dtype: torch.dtype = torch.float64, chunk: int = 16384) -> np.ndarray:
+    r"""The density :math:`\exp(\log p)` at the cell midpoints of a ``resolution`` x ``resolution`` grid of
+    :math:`[-\text{extent}, \text{extent}]^2`: an array of shape ``(resolution, resolution)``, row ``i`` at
+    height :math:`y_i` (draw it with ``origin="lower"``). Points outside the support (``log p = -inf``)
+    give 0.
+
+    Args:
+        log_prob: map ``(N, 2) -> (N,)`` natural-log densities, called on chunks of ``chunk`` points
+            of dtype ``dtype`` (``torch.float32`` for a float32 model).
+    """
+    if resolution < 1 or extent <= 0:
+        raise ValueError(f"need resolution >= 1 and extent > 0, got {resolution} and {extent}")
+    ticks = (torch.arange(resolution, dtype=torch.float64) + 0.5) * (2 * extent / resolution) - extent
+    grid = torch.stack(torch.meshgrid(ticks, ticks, indexing="xy"), dim=-1).reshape(-1, 2).to(dtype)
+    values = torch.cat([log_prob(part).detach().to(torch.float64).cpu() for part in grid.split(chunk)])
+    if values.shape != (resolution * resolution,):
+        raise ValueError(f"log_prob must map (N, 2) points to (N,) values, got shape {tuple(values.shape)}")
+    return values.exp().reshape(resolution, resolution).numpy()
+
+
+def density_grid(rows: Mapping[str, Mapping[str, Callable[[torch.Tensor], torch.Tensor]]],
+                 extents: Mapping[str, float], *, resolution: int = 150, dtype: torch.dtype = torch.float64,
+                 panel: float = 2.3) -> Figure:
+    r"""Densities of the plane in a grid of panels: one row per data set, one column per model.
+
+    Every row shares one colour scale, set by its first entry (e.g. the true density): a model that
+    puts too little mass somewhere looks paler there, one that spreads it looks washed out.
+
+    Args:
+        rows: ``{row title: {column title: log_prob}}``; every row has the same column titles, in order.
+        extents: half-width of the square drawn in each row (e.g. ``ToyDensity.extent``).
+        resolution, dtype: as in :func:`density_image`.
+        panel: width and height of one panel in inches.
+    Returns:
+        A figure with ``len(rows) * len(columns)`` axes, titled ``"row: column"``.
+    """
+    columns = [list(r) for r in rows.values()]
+    if not columns or any(c != columns[0] for c in columns):
+        raise ValueError("every row needs the same columns in the same order")
+    columns = columns[0]
+    fig = Figure(figsize=(panel * len(columns), panel * len(rows) + 0.2), layout="constrained")
+    axes = fig.subplots(len(rows), len(columns), squeeze=False)
+    for ax_row, (row, entries) in zip(axes, rows.items()):
+        extent = float(extents[row])
+        images = [density_image(f, extent, resolution=resolution, dtype=dtype) for f in entries.values()]
+        top = float(images[0].max()) or 1.0
+        for ax, column, image in zip(ax_row, columns, images):
+            ax.imshow(image, origin="lower", extent=(-extent, extent, -extent, extent), cmap="Blues",
+                      vmin=0.0, vmax=top, interpolation="nearest")
+            ax.set_title(f"{row}: {column}", fontsize=8)
+            ax.set_xticks([])
+            ax.set_yticks([])
+    return fig
+
+
+def plot_spread(x: Sequence[float], curves: Mapping[str, np.ndarray], *, ax: Optional[Axes] = None,
+                reference: Optional[float] = None, reference_label: str = "", log_x: bool = False,
+                xlabel: str = "", ylabel: str = "", colors: Optional[Sequence] = None, linestyle: str = "-",
+                top: Optional[float] = None) -> Figure:
+    r"""Curves measured over several runs: the mean as a line with markers, :math:`\pm` one standard
+    deviation over the runs as error bars (none for a single run).
+
+    Args:
+        x: the ``P`` abscissae.
+        curves: ``{label: values}`` with values of shape ``(runs, P)`` (or ``(P,)`` for one run).
+        ax: draw into this axes instead of a new figure (call again with the same axes to add curves).
+        reference: a horizontal line, e.g. the entropy that bounds a test NLL from below.
+        log_x: logarithmic x axis (base 2).
+        colors: one colour per curve (default: the ``tab10`` colours in order); ``linestyle`` for all.
+        top: upper limit of the y axis. A mean above it (e.g. a model that overfits a tiny training
+            set) is marked by a triangle on the upper edge, labelled with its value.
+    Returns:
+        The figure holding the axes.
+    """
+    x = np.asarray(x, dtype=float)
+    if ax is None:
+        fig = Figure(figsize=(5.5, 3.6), layout="constrained")
+        ax = fig.add_subplot()
+    colors = list(colors) if colors is not None else [_element_colour(i, 10) for i in range(len(curves))]
+    if len(colors) < len(curves):
+        raise ValueError(f"{len(curves)} curves need as many colours, got {len(colors)}")
+    for color, (label, values) in zip(colors, curves.items()):
+        values = np.atleast_2d(np.asarray(values, dtype=float))
+        if values.shape[1] != len(x):
+            raise ValueError(f"curve {label!r} has {values.shape[1]} points, x has {len(x)}")
+        mean = values.mean(axis=0)
+        spread = values.std(axis=0, ddof=1) if len(values) > 1 else np.zeros_like(mean)
+        above = mean > top if top is not None else np.zeros(len(x), dtype=bool)
+        shown = np.where(above, np.nan, mean)          # the line breaks where a mean is off the axis
+        ax.errorbar(x, shown, yerr=np.where(above, np.nan, spread) if len(values) > 1 else None, marker="o", ms=3.5,
+                    capsize=3, lw=1.4, ls=linestyle, label=label, color=color)
+        for xi, value in zip(x[above], mean[above]):
+            ax.plot([xi], [top], marker="^", ms=8, color=color, clip_on=False)
+            ax.annotate(f"{value:.3g}", (xi, top), xytext=(5, -11), textcoords="offset points", fontsize=7, color=color)
+    if reference is not None:
+        ax.axhline(reference, ls="--", lw=1, color="0.3", label=reference_label or None)
+    if top is not None:  # after the reference line, so that the lower limit still shows it
+        ax.set_ylim(top=top)
+    if log_x:
+        ax.set_xscale("log", base=2)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=8, frameon=False)
     return _root_figure(ax)

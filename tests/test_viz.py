@@ -2,6 +2,7 @@
 
 import re
 
+import numpy as np
 import pytest
 import torch
 from matplotlib.figure import Figure
@@ -216,3 +217,73 @@ def test_plot_curves_lines_and_bands():
     sizes = [75, 150, 300]
     ax = viz.plot_curves({"a": (sizes, [3.0, 2.5, 2.0], [0.1, 0.2, 0.0])}, xlabel="training images", logx=True, xticks=sizes).axes[0]
     assert ax.get_xscale() == "log" and [t.get_text() for t in ax.get_xticklabels()] == ["75", "150", "300"]
+
+
+def _standard_normal(p):
+    return -0.5 * p.pow(2).sum(-1) - torch.log(torch.tensor(2 * torch.pi, dtype=p.dtype))
+
+
+def test_density_image_integrates_a_normal_to_one_with_rows_along_y():
+    image = viz.density_image(_standard_normal, 6.0, resolution=120)
+    assert image.shape == (120, 120)
+    assert abs(image.sum() * (12.0 / 120) ** 2 - 1) < 1e-6
+    upper = viz.density_image(lambda p: torch.where(p[:, 1] > 0, 0.0, -torch.inf), 1.0, resolution=4)
+    assert (upper[:2] == 0).all() and (upper[2:] == 1).all()   # row i is height y_i; -inf gives 0
+
+
+def test_density_image_calls_log_prob_in_chunks_of_the_given_dtype():
+    seen = []
+
+    def log_prob(p):
+        seen.append((len(p), p.dtype))
+        return _standard_normal(p)
+
+    viz.density_image(log_prob, 2.0, resolution=10, dtype=torch.float32, chunk=30)
+    assert seen == [(30, torch.float32)] * 3 + [(10, torch.float32)]
+    with pytest.raises(ValueError, match=r"\(N,\)"):
+        viz.density_image(lambda p: p, 2.0, resolution=4)
+
+
+def test_density_grid_shares_one_colour_scale_per_row():
+    wide = lambda p: _standard_normal(p / 2) - 2 * torch.log(torch.tensor(2.0, dtype=p.dtype))  # noqa: E731
+    fig = viz.density_grid({"normal": {"truth": _standard_normal, "model": wide},
+                            "wide": {"truth": wide, "model": _standard_normal}},
+                           {"normal": 3.0, "wide": 5.0}, resolution=30)
+    axes = fig.axes
+    assert [ax.get_title() for ax in axes] == ["normal: truth", "normal: model", "wide: truth", "wide: model"]
+    for row in (axes[:2], axes[2:]):
+        first = row[0].images[0]
+        assert all(ax.images[0].get_clim() == (0.0, first.get_array().max()) for ax in row)
+    assert axes[2].images[0].get_extent() == [-5.0, 5.0, -5.0, 5.0]
+    with pytest.raises(ValueError, match="same columns"):
+        viz.density_grid({"a": {"truth": wide}, "b": {"model": wide}}, {"a": 1.0, "b": 1.0})
+
+
+def test_plot_spread_draws_the_mean_and_the_standard_deviation_over_runs():
+    runs = np.array([[1.0, 2.0, 4.0], [3.0, 2.0, 6.0]])
+    fig = viz.plot_spread([32, 64, 128], {"model": runs, "one run": np.array([0.5, 0.4, 0.3])},
+                          reference=0.25, reference_label="entropy", log_x=True)
+    (ax,) = fig.axes
+    mean_line = ax.containers[0].lines[0]
+    assert np.allclose(mean_line.get_ydata(), [2.0, 2.0, 5.0])
+    bars = ax.containers[0].lines[2][0].get_segments()
+    assert np.allclose([seg[1, 1] - seg[0, 1] for seg in bars], 2 * runs.std(axis=0, ddof=1))
+    assert ax.containers[1].has_yerr is False
+    assert ax.get_xscale() == "log" and ax.lines[-1].get_ydata()[0] == 0.25
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["entropy", "model", "one run"]
+    with pytest.raises(ValueError, match="3 points"):
+        viz.plot_spread([1, 2], {"model": runs})
+
+
+def test_plot_spread_marks_means_above_the_top_of_the_axis():
+    runs = np.array([[2.0, 300.0], [2.2, 500.0]])
+    fig = viz.plot_spread([32, 64], {"twin": runs}, top=3.0, colors=["tab:orange"], linestyle="--", reference=1.5)
+    (ax,) = fig.axes
+    assert ax.get_ylim()[0] < 1.5 and ax.get_ylim()[1] == 3.0   # the reference line stays in view
+    (label,) = ax.texts
+    assert label.get_text() == "400" and label.xy == (64.0, 3.0)
+    mean_line = ax.containers[0].lines[0]
+    assert mean_line.get_ydata()[0] == 2.1 and np.isnan(mean_line.get_ydata()[1])  # off the axis: no line
+    assert ax.containers[0].lines[0].get_linestyle() == "--"
+    with pytest.raises(ValueError, match="colours"):
+        viz.plot_spread([1, 2], {"a": runs, "b": runs}, colors=["red"])
