@@ -92,6 +92,11 @@ class Group:
         """The elements that act exactly on a square pixel grid (signed-permutation matrices)."""
         return [g for g in self._elements if self.is_exact(g)]
 
+    def inexact_elements(self) -> List[str]:
+        """Descriptions of the elements that move pixel centres off the grid (e.g. ``"rotation by 45°"``);
+        empty for C1, C2, C4, D1, D2, D4."""
+        return [self.describe(g) for g in self._elements if not self.is_exact(g)]
+
     def matrix(self, g: GroupElement) -> np.ndarray:
         """The 2x2 orthogonal matrix A_g by which ``g`` acts on the plane (float64)."""
         return self._matrices[self.index(g)].copy()

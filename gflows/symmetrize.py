@@ -60,7 +60,7 @@ def _kind(x: torch.Tensor) -> str:
 
 
 def _check_exact_on_images(G: Group) -> None:
-    inexact = [G.describe(g) for g in G.elements() if not G.is_exact(g)]
+    inexact = G.inexact_elements()
     if inexact:
         raise ValueError(
             f"{G.name} cannot be averaged over on a pixel grid: {', '.join(inexact)} act only by "

@@ -167,7 +167,7 @@ class MoserTransport:
         return values
 
     def _check_group(self, group: Group, centres: torch.Tensor) -> None:
-        inexact = [group.describe(g) for g in group.elements() if not group.is_exact(g)]
+        inexact = group.inexact_elements()
         if inexact:
             raise ValueError(f"{group.name} does not map the square onto itself ({', '.join(inexact)}); "
                              "use a subgroup of D4: C1, C2, C4, D1, D2 or D4")

@@ -18,12 +18,13 @@ def _expected_exact_rotations(n: int) -> int:
 def test_order_and_exact_elements(name):
     G = groups.get(name)
     if name in ("trivial", "C1"):
-        assert G.order == 1 and len(G.exact_elements()) == 1
+        assert G.order == 1 and len(G.exact_elements()) == 1 and G.inexact_elements() == []
         return
     n = int(name[1:])
     factor = 2 if name[0] == "D" else 1
     assert G.order == factor * n
     assert len(G.exact_elements()) == factor * _expected_exact_rotations(n)
+    assert len(G.inexact_elements()) == G.order - len(G.exact_elements())
     assert G.elements()[0] == G.identity and G.describe(G.identity) == "identity"
 
 
@@ -198,3 +199,9 @@ def test_reflection_axis_is_the_fixed_line():
             continue
         direction = np.array([math.cos(axis), math.sin(axis)])
         np.testing.assert_allclose(G.matrix(g) @ direction, direction, atol=1e-12)
+
+
+def test_inexact_elements_are_described():
+    assert groups.get("D4").inexact_elements() == []
+    described = groups.get("C8").inexact_elements()
+    assert len(described) == 4 and all("rotation" in text for text in described)

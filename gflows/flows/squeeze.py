@@ -115,7 +115,7 @@ def _decompose(group: Group) -> Tuple[list, np.ndarray]:
 
 def check_squeezable(group: Group) -> None:
     """Raise ValueError unless every element of ``group`` maps a 2x2 block onto itself."""
-    inexact = [group.describe(g) for g in group.elements() if not group.is_exact(g)]
+    inexact = group.inexact_elements()
     if inexact:
         raise ValueError(
             f"a 2x2 squeeze is not equivariant to {group.name}: {inexact[0]} does not map a 2x2 block onto "
