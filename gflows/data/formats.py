@@ -31,6 +31,8 @@ from typing import Sequence, Tuple
 import numpy as np
 from tqdm.auto import tqdm
 
+from .._files import atomic_write
+
 IDX_IMAGES = 2051
 IDX_LABELS = 2049
 CIFAR_SIDE = 32
@@ -109,29 +111,19 @@ def download(urls: Sequence[str], destination: Path, md5: str) -> None:
     """Fetch the file with MD5 ``md5`` from the first of ``urls`` that delivers it, to ``destination``.
 
     Each attempt streams to a temporary file in the destination's folder, which is renamed to
-    ``destination`` only once its checksum is right: an interrupted download never leaves a
-    half-written file under the final name.
+    ``destination`` only once its checksum is right (:func:`gflows._files.atomic_write`): an
+    interrupted download never leaves a half-written file under the final name.
 
     Raises:
         DownloadFailed: every URL failed or delivered a file with another checksum (each reason listed).
     """
-    destination.parent.mkdir(parents=True, exist_ok=True)
     failures = []
     for url in urls:
-        handle, temporary = tempfile.mkstemp(dir=destination.parent, prefix=f".{destination.name}.")
         try:
-            with os.fdopen(handle, "wb") as file:
-                found = _fetch(url, file)
-            if found != md5:
-                failures.append(f"{url}: MD5 {found}, expected {md5}")
-                continue
-            os.replace(temporary, destination)
+            atomic_write(destination, lambda file, url=url: _fetch_checked(url, file, md5))
             return
-        except OSError as error:
+        except (OSError, _WrongChecksum) as error:
             failures.append(f"{url}: {error}")
-        finally:
-            if os.path.exists(temporary):
-                os.remove(temporary)
     raise DownloadFailed(f"could not download {destination.name}:\n  " + "\n  ".join(failures))
 
 
@@ -151,8 +143,12 @@ def extract_folder(archive: Path, folder: str, into: Path) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _fetch(url: str, file) -> str:
-    """Stream ``url`` into the open binary ``file``; the MD5 hex digest of what was written."""
+class _WrongChecksum(Exception):
+    """A download delivered a file with another MD5 than the official one."""
+
+
+def _fetch_checked(url: str, file, md5: str) -> None:
+    """Stream ``url`` into the open binary ``file``; raise :class:`_WrongChecksum` unless its MD5 is ``md5``."""
     digest = hashlib.md5()
     with urllib.request.urlopen(url, timeout=60) as response:
         total = int(response.headers.get("Content-Length") or 0) or None
@@ -161,7 +157,8 @@ def _fetch(url: str, file) -> str:
                 digest.update(chunk)
                 file.write(chunk)
                 bar.update(len(chunk))
-    return digest.hexdigest()
+    if digest.hexdigest() != md5:
+        raise _WrongChecksum(f"MD5 {digest.hexdigest()}, expected {md5}")
 
 
 def _read_maybe_gzipped(path: Path) -> bytes:

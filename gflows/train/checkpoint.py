@@ -1,9 +1,9 @@
 """Atomic checkpoints: a crash while writing never destroys the last good one.
 
 :func:`save` writes the whole checkpoint to a temporary file in the same folder, flushes it to disk
-and only then renames it over the old file with :func:`os.replace`, which is atomic on POSIX and
-Windows: a reader sees either the previous checkpoint or the new one, never a mixture. A failed
-write removes its temporary file and leaves the previous checkpoint untouched.
+and only then renames it over the old file (:func:`gflows._files.atomic_write`): a reader sees either
+the previous checkpoint or the new one, never a mixture. A failed write removes its temporary file
+and leaves the previous checkpoint untouched.
 
 :func:`load` reads with ``torch.load(..., weights_only=True)``: checkpoints hold only tensors and
 plain Python types (see :mod:`.rng` for the generator states), so no pickled code ever runs.
@@ -11,30 +11,12 @@ plain Python types (see :mod:`.rng` for the generator states), so no pickled cod
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
-from typing import BinaryIO, Callable, Dict, Union
+from typing import Dict, Union
 
 import torch
 
-PathLike = Union[str, os.PathLike]
-
-
-def atomic_write(path: PathLike, write: Callable[[BinaryIO], None]) -> None:
-    """Call ``write(file)`` on a temporary file next to ``path``, flush it to disk, then rename it to ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            write(file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+from .._files import PathLike, atomic_write
 
 
 def save(state: Dict[str, object], path: PathLike) -> None:
