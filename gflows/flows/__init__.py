@@ -6,7 +6,7 @@ layers every model needs. The flow families get one module each: ``residual`` (w
 """
 
 from .actnorm import ActNorm
-from .base import Flow, FlowModel, InverseDidNotConverge, Sequential, dequantize, standard_normal_log_prob
+from .base import Flow, FlowModel, InverseDidNotConverge, Sequential, bits_per_dim, dequantize, standard_normal_log_prob
 from .elementwise import Logit
 from .residual import ResidualBlock
 
@@ -18,6 +18,7 @@ __all__ = [
     "Logit",
     "ResidualBlock",
     "Sequential",
+    "bits_per_dim",
     "dequantize",
     "standard_normal_log_prob",
 ]

@@ -88,6 +88,12 @@ def standard_normal_log_prob(z: torch.Tensor) -> torch.Tensor:
     return -0.5 * (z.pow(2) + LOG_2PI).flatten(1).sum(dim=1)
 
 
+def bits_per_dim(log_prob, dim: int):
+    """Bits per dimension of 8-bit data from the log-density (tensor or number) of its dequantised
+    version in :math:`[0, 1)^D`, ``D = dim``: ``-(log p(x) - D log 256) / (D ln 2)``."""
+    return -(log_prob - dim * math.log(256)) / (dim * math.log(2))
+
+
 def dequantize(pixels: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """Uniform dequantisation of 8-bit images: ``x = (k + u) / 256`` with ``u`` uniform in ``[0, 1)``.
 
@@ -163,7 +169,7 @@ class FlowModel(nn.Module):
         ``-(log p(x) - D log 256) / (D ln 2)``."""
         if len(self.data_shape) != 3:
             raise ValueError("bits_per_dim is defined for images; use log_prob for points")
-        return -(self.log_prob(x) - self.dim * math.log(256)) / (self.dim * math.log(2))
+        return bits_per_dim(self.log_prob(x), self.dim)
 
     @torch.no_grad()
     def sample(self, n: int, *, temperature: float = 1.0, generator: Optional[torch.Generator] = None) -> torch.Tensor:

@@ -25,13 +25,12 @@ symmetry, not the estimator's noise.
 from __future__ import annotations
 
 import contextlib
-import math
 from dataclasses import dataclass
 from typing import Callable, Dict, Iterable, List
 
 import torch
 
-from ..flows import FlowModel
+from ..flows import FlowModel, bits_per_dim
 from ..flows.residual import residual_blocks
 from ..groups import Group, GroupElement
 from .distributed import World, all_max, all_sum
@@ -40,12 +39,6 @@ from .rng import derive_seed
 
 def is_image_model(model: FlowModel) -> bool:
     return len(model.data_shape) == 3
-
-
-def bits_per_dim(log_prob, dim: int):
-    """Bits/dim of 8-bit data from the log-density (tensor or number) of its dequantised version
-    (as ``FlowModel.bits_per_dim``)."""
-    return -(log_prob - dim * math.log(256)) / (dim * math.log(2))
 
 
 def sample_loss(model: FlowModel, x: torch.Tensor) -> torch.Tensor:
