@@ -211,3 +211,19 @@ def test_two_processes_with_half_batches_follow_one_process_with_whole_batches(t
             for key, value in row_single.items():
                 assert row_ddp[key] == (value if value is None else pytest.approx(value, rel=1e-4, abs=1e-6)), (name, key)
     assert all(math.isfinite(row["test_bpd"]) for row in ranks[0]["residual-images"]["history"])
+
+
+@pytest.mark.parametrize("shape, group", [((1, 4, 4), "D4"), ((1, 4, 4), "C8"), ((2,), "D8")])
+def test_tensor_source_moves_each_sample_by_its_own_random_element(shape, group):
+    G = groups.get(group)
+    data = torch.randn(64, *shape, generator=torch.Generator().manual_seed(0))
+    (batch,) = train.TensorSource(data, seed=1, augment=group).epoch(0, 64)
+    order = torch.randperm(64, generator=torch.Generator().manual_seed(train.derive_seed(1, "epoch", 0)))
+    elements = G.exact_elements() if len(shape) == 3 else G.elements()
+    act = G.act_image if len(shape) == 3 else G.act_points
+    used = set()
+    for source, moved in zip(data[order], batch):
+        matches = [k for k, g in enumerate(elements) if torch.allclose(act(source[None], g)[0], moved, atol=1e-6)]
+        assert matches, "every sample is its source moved by an element (an exact one for images)"
+        used.update(matches)
+    assert len(used) == len(elements)      # with this seed every element is drawn at least once

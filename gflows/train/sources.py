@@ -23,6 +23,7 @@ import torch
 
 from ..data import images as image_data
 from ..data.images import ImageSet
+from ..data.transforms import exact_action
 from ..groups import Group, get
 from .rng import derive_seed
 
@@ -70,12 +71,13 @@ class TensorSource:
         return self.data.shape[0]
 
     def _act(self, x: torch.Tensor, element_index: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 4:  # a pixel permutation per image, the whole batch in one gather
+            return exact_action(x, self.augment, element_index)
         moved = x.clone()
         for k, g in enumerate(self._elements):
             chosen = element_index == k
             if chosen.any():
-                act = self.augment.act_image if x.dim() == 4 else self.augment.act_points
-                moved[chosen] = act(x[chosen], g)
+                moved[chosen] = self.augment.act_points(x[chosen], g)
         return moved
 
     def epoch(self, epoch: int, batch_size: int, *, rank: int = 0, world_size: int = 1, start: int = 0) -> Iterator[torch.Tensor]:
