@@ -62,6 +62,7 @@ import scipy.fft
 import torch
 import torch.nn.functional as F
 
+from .checks import invariance_error
 from .groups import Group
 from .symmetrize import symmetrize
 
@@ -172,9 +173,8 @@ class MoserTransport:
             raise ValueError(f"{group.name} does not map the square onto itself ({', '.join(inexact)}); "
                              "use a subgroup of D4: C1, C2, C4, D1, D2 or D4")
         for name, density in (("p", self._p), ("q", self._q)):
-            values = density(centres)
-            change = max(float((density(group.act_points(centres, g)) - values).abs().max()) for g in group.elements())
-            if change > 1e-9 * float(values.abs().max()):
+            change = invariance_error(density, centres, group)
+            if change > 1e-9 * float(density(centres).abs().max()):
                 raise ValueError(f"{name} is not {group.name}-invariant (it changes by {change:.2g} on the grid): "
                                  f"averaging the field over {group.name} would no longer transport p onto q")
 
@@ -282,11 +282,15 @@ class MoserTransport:
 
     def transport_with_log_det(self, x: torch.Tensor):
         r"""``(T(x), log|det DT(x)|)``, shapes ``(B, 2)`` and ``(B,)``; the Jacobian of the computed map by autograd."""
-        x = x.detach()
-        jacobian = torch.autograd.functional.jacobian(lambda v: self(v).sum(0), x)   # (2, B, 2): points do not mix
-        with torch.no_grad():
-            moved = self(x)
-        return moved, torch.linalg.slogdet(jacobian.permute(1, 0, 2)).logabsdet
+        moved = []
+
+        def summed(v: torch.Tensor) -> torch.Tensor:  # T summed over the points, which do not mix: (2,)
+            out = self(v)
+            moved.append(out.detach())
+            return out.sum(0)
+
+        jacobian = torch.autograd.functional.jacobian(summed, x.detach())   # (2, B, 2), one integration
+        return moved[0], torch.linalg.slogdet(jacobian.permute(1, 0, 2)).logabsdet
 
     def change_of_variables_residual(self, x: torch.Tensor) -> torch.Tensor:
         r""":math:`\log q(T(x)) + \log\lvert\det DT(x)\rvert - \log p(x)`, ``(B,)``: zero iff :math:`T` pushes p onto q at x."""
