@@ -18,7 +18,7 @@ therefore the one whose model has the parameter count closest to the trivial twi
 is kept in the file for reference).
 
 **Throughput.** ``--throughput`` times training steps (Adam on -log p with the training log-det
-estimator, 1 warm-up step then ``--steps``) of every configuration's full-size model: on a CPU with
+estimator, 2 warm-up steps then ``--steps``) of every configuration's full-size model: on a CPU with
 batch ``--cpu-batch`` and one thread, in its own process (its peak resident memory); on a GPU with
 the configuration's batch size, which also gives the expected GPU hours of the run
 (``steps * batch_size / images per second``, training only, without evaluations).
@@ -215,7 +215,7 @@ def main(argv=None) -> List[Dict[str, object]]:
     p.add_argument("--throughput", action="store_true", help="also time training steps of every configuration")
     p.add_argument("--device", default="cpu")
     p.add_argument("--cpu-batch", type=int, default=8)
-    p.add_argument("--steps", type=int, default=2, help="timed steps per configuration (after 1 warm-up step)")
+    p.add_argument("--steps", type=int, default=2, help="timed steps per configuration (after 2 warm-up steps)")
     p.add_argument("--only", help="comma-separated configuration names to measure (default: all)")
     p.add_argument("--out", type=Path, help="write the entries as JSON here")
     p.add_argument("--entries", type=Path, help="reuse the grid of an earlier --out JSON instead of building it again")

@@ -58,12 +58,12 @@ from .flows import FlowModel
 from .groups import get
 from .train import Options, derive_seed, evaluate, fit, load_checkpoint
 from .train.checkpoint import save, write_text
+from .train.loop import CHECKPOINT
 from .train.metrics import sample_loss
 
 RESULT = "result.json"
 STAGES = "stages.json"
 BEST = "best.pt"
-CHECKPOINT = "checkpoint.pt"
 #: Options that do not change a run's result, left out of its key.
 _NOT_IN_KEY = ("progress", "device")
 

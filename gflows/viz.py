@@ -224,7 +224,7 @@ def plot_orbit_points(points, G: Group, *, log_prob: Optional[Callable[[torch.Te
         ax = fig.add_subplot()
     if log_prob is not None:
         ticks = torch.linspace(-extent, extent, resolution, dtype=torch.float64)
-        grid = torch.stack(torch.meshgrid(ticks, ticks, indexing="xy"), dim=-1).reshape(-1, 2)
+        grid = _square_grid(ticks)
         density = log_prob(grid).exp().reshape(resolution, resolution).cpu().numpy()
         ax.contourf(ticks.numpy(), ticks.numpy(), density, levels=14, cmap="Blues")
     colours = [_element_colour(i, G.order) for i in range(G.order)]
@@ -243,6 +243,12 @@ def plot_orbit_points(points, G: Group, *, log_prob: Optional[Callable[[torch.Te
     if legend:
         ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=7, frameon=False)
     return _root_figure(ax)
+
+
+def _square_grid(ticks: torch.Tensor) -> torch.Tensor:
+    """``(n*n, 2)`` points ``(x, y)`` of the grid ``ticks`` x ``ticks``, row by row along y (the order of
+    ``imshow(..., origin="lower")`` after a reshape to ``(n, n)``)."""
+    return torch.stack(torch.meshgrid(ticks, ticks, indexing="xy"), dim=-1).reshape(-1, 2)
 
 
 def _root_figure(ax: Axes) -> Figure:
@@ -352,7 +358,7 @@ def _symmetrization_row(container, field: Callable[[torch.Tensor], torch.Tensor]
                         extent: float, arrows: int) -> None:
     point = _as_points(point)[:1]
     ticks = torch.linspace(-extent, extent, arrows, dtype=torch.float64)
-    grid = torch.stack(torch.meshgrid(ticks, ticks, indexing="xy"), dim=-1).reshape(-1, 2)
+    grid = _square_grid(ticks)
     averaged = symmetrize(field, G)
     axes = container.subplots(1, 2)
     for ax, f, name in zip(axes, (field, averaged), ("f", "f̄ (average over the group)")):
@@ -404,7 +410,7 @@ def _transport_frame(ax: Axes, transport, positions: torch.Tensor, colours: np.n
     """The density rho_t of a :class:`~gflows.transport.MoserTransport` and the moved points at time t."""
     half = transport.half_width
     ticks = torch.linspace(-half, half, resolution, dtype=torch.float64)
-    grid = torch.stack(torch.meshgrid(ticks, ticks, indexing="xy"), dim=-1).reshape(-1, 2)
+    grid = _square_grid(ticks)
     density = transport.density(grid, t).reshape(resolution, resolution).numpy()
     ax.imshow(density, origin="lower", extent=(-half, half, -half, half), cmap="Blues", interpolation="bilinear")
     ax.scatter(positions[:, 0].numpy(), positions[:, 1].numpy(), c=colours, cmap="hsv", s=4,
@@ -482,6 +488,7 @@ def animation_html(animation) -> str:
     if "://" in re.sub(r"data:image/\w+;base64,[^\"']*", "", html):
         raise RuntimeError("matplotlib's animation player changed: it still refers to another host")
     return html
+
 
 def _tiles(images: torch.Tensor, columns: int) -> np.ndarray:
     """``(N, C, H, W)`` images tiled ``columns`` to a row, one blank pixel between tiles:
@@ -580,7 +587,7 @@ def density_image(log_prob: Callable[[torch.Tensor], torch.Tensor], extent: floa
     if resolution < 1 or extent <= 0:
         raise ValueError(f"need resolution >= 1 and extent > 0, got {resolution} and {extent}")
     ticks = (torch.arange(resolution, dtype=torch.float64) + 0.5) * (2 * extent / resolution) - extent
-    grid = torch.stack(torch.meshgrid(ticks, ticks, indexing="xy"), dim=-1).reshape(-1, 2).to(dtype)
+    grid = _square_grid(ticks).to(dtype)
     values = torch.cat([log_prob(part).detach().to(torch.float64).cpu() for part in grid.split(chunk)])
     if values.shape != (resolution * resolution,):
         raise ValueError(f"log_prob must map (N, 2) points to (N,) values, got shape {tuple(values.shape)}")

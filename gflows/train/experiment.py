@@ -105,10 +105,9 @@ class Experiment:
 
     def build_model(self) -> FlowModel:
         """The model, its initial weights drawn from ``derive_seed(train.seed, "model")``."""
-        hparams = {k: v for k, v in self.model.items() if k not in ("kind", "group")}
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(derive_seed(self.train.seed, "model"))
-            return models.build(self.model["kind"], group=self.model["group"], data_shape=self.data.shape, **hparams)
+            return _build(self.model, self.data.shape)
 
     def load_data(self) -> Tuple[images.ImageSet, images.ImageSet]:
         """The training and test sets, subsets taken as configured."""
@@ -245,12 +244,17 @@ def _validate_model(model: Dict[str, object], data_shape: Tuple[int, int, int]) 
         if key in parameters:
             model[key] = _checked(model[key], parameters[key], f"model.{key}")
     try:
-        hparams = {k: v for k, v in model.items() if k not in ("kind", "group")}
         with torch.random.fork_rng(devices=[]):
-            models.build(kind, group=model["group"], data_shape=data_shape, **{**hparams, "depth": 1})
+            _build(model, data_shape, depth=1)
     except (ValueError, TypeError) as error:
         raise ConfigError(f"model: {kind} with group {model['group']} does not fit images of shape {data_shape}: {error}") from None
     return model
+
+
+def _build(model: Dict[str, object], data_shape: Tuple[int, int, int], **changes) -> FlowModel:
+    """``models.build`` with the ``model`` section's kind, group and settings, ``changes`` overriding them."""
+    settings = {k: v for k, v in model.items() if k not in ("kind", "group")}
+    return models.build(model["kind"], group=model["group"], data_shape=data_shape, **{**settings, **changes})
 
 
 def _dataclass_from(cls, values: Dict[str, object], section: str):
