@@ -21,6 +21,7 @@ from .loop import CHECKPOINT
 
 
 def parser() -> argparse.ArgumentParser:
+    """The command line's arguments (module docstring)."""
     p = argparse.ArgumentParser(prog="python -m gflows.train",
                                 description="Train a flow from an experiment configuration (torchrun: on several processes).")
     p.add_argument("--config", help="a configuration's name (see --list) or a path to a YAML file")
@@ -42,6 +43,7 @@ def _experiment(args):
 
 
 def main(argv=None) -> int:
+    """Run the command line on ``argv`` (default ``sys.argv[1:]``); the exit status: 0, or 2 for a bad configuration."""
     args = parser().parse_args(argv)
     if args.list:
         print("\n".join(available()))

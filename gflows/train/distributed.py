@@ -34,6 +34,7 @@ class World:
 
     @property
     def distributed(self) -> bool:
+        """True when the run has more than one process."""
         return self.size > 1
 
 
@@ -114,5 +115,6 @@ def all_gather(obj: object, current: World) -> List[object]:
 
 
 def barrier(current: World) -> None:
+    """Wait until every process gets here (nothing with one process)."""
     if current.distributed:
         dist.barrier()

@@ -77,6 +77,7 @@ class DataConfig:
 
     @property
     def shape(self) -> Tuple[int, int, int]:
+        """``(C, H, W)`` of the dataset's images (:data:`DATA_SHAPES`)."""
         return DATA_SHAPES[self.name]
 
 

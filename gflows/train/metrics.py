@@ -38,6 +38,7 @@ from .rng import derive_seed
 
 
 def is_image_model(model: FlowModel) -> bool:
+    """True for a model of images ``(C, H, W)``, False for one of points ``(2,)``."""
     return len(model.data_shape) == 3
 
 
