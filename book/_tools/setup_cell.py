@@ -21,20 +21,15 @@ MARKER = "# gflows setup cell"
 
 TEMPLATE = '''\
 # gflows setup cell: installs gflows where it is missing (e.g. on Colab); does nothing elsewhere.
-# escnn goes in without its Fortran-only dependency py3nj; lie_learn needs numpy<2. On Colab, which
-# ships numpy 2, the runtime restarts itself once after installing: then run the notebook again.
+# It keeps the numpy and torch already installed and never restarts the runtime: escnn goes in
+# without py3nj and lie_learn, which only its 3-D rotation groups use (gflows/_escnn.py).
 # On a GPU runtime gflows.runtime.profile() is "full" by itself (GFLOWS_PROFILE=quick|full overrides).
-import importlib.util, os, subprocess, sys
+import importlib, importlib.util, subprocess, sys
 if importlib.util.find_spec("gflows") is None:
-    from importlib.metadata import version
-    numpy_was_2 = int(version("numpy").split(".")[0]) >= 2
     pip = [sys.executable, "-m", "pip", "install", "-q"]
-    subprocess.run(pip + ["numpy<2", "scipy", "joblib", "lie_learn"], check=True)
     subprocess.run(pip + ["--no-deps", "escnn==1.0.11"], check=True)
-    subprocess.run(pip + ["git+{url}"], check=True)
-    if numpy_was_2:
-        print("numpy was downgraded for escnn: restarting the runtime. Run the notebook again.")
-        os.kill(os.getpid(), 9)'''
+    subprocess.run(pip + ["gflows @ git+{url}"], check=True)
+    importlib.invalidate_caches()'''
 
 
 def repository_url() -> str:
