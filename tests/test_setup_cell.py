@@ -31,6 +31,7 @@ pytestmark = pytest.mark.skipif(os.environ.get("GFLOWS_TEST_SETUP_CELL") != "1",
 TORCH = "torch==2.13.0"
 ENVIRONMENTS = [(sys.executable, "numpy>=2"), (sys.executable, "numpy==1.26.*")]
 ENVIRONMENTS += [(python, "numpy>=2") for python in os.environ.get("GFLOWS_SETUP_CELL_PYTHONS", "").split()]
+LABELS = [f"{'this-python' if python == sys.executable else python}-{numpy}" for python, numpy in ENVIRONMENTS]
 
 # what the notebook does right after the setup cell, in the same process: import and use gflows
 AFTER_THE_CELL = """
@@ -45,27 +46,28 @@ print("after:", numpy.__version__, torch.__version__, runtime.profile(), error <
 VERSIONS = "import numpy, torch; print('before:', numpy.__version__, torch.__version__)"
 
 
-def _run(python, *args, timeout=900) -> subprocess.CompletedProcess:
-    return subprocess.run([str(python), *args], capture_output=True, text=True, timeout=timeout,
+def _run(python, *args, cwd, timeout=900) -> subprocess.CompletedProcess:
+    """``python *args`` in ``cwd`` (not this checkout, whose ``gflows/`` would be importable from it)."""
+    return subprocess.run([str(python), *args], capture_output=True, text=True, timeout=timeout, cwd=cwd,
                           env={**os.environ, "GFLOWS_PROFILE": ""})
 
 
-@pytest.mark.parametrize("python, numpy", ENVIRONMENTS, ids=lambda value: os.path.basename(str(value)))
+@pytest.mark.parametrize("python, numpy", ENVIRONMENTS, ids=LABELS)
 def test_setup_cell_installs_without_changing_numpy_or_torch_or_restarting(tmp_path, python, numpy):
     interpreter = shutil.which(python)
     assert interpreter, f"{python} is not on PATH"
     venv = tmp_path / "colab"
     subprocess.run([interpreter, "-m", "venv", str(venv)], check=True)
     colab = venv / "bin" / "python"
-    preinstalled = _run(colab, "-m", "pip", "install", "-q", numpy, TORCH)
+    preinstalled = _run(colab, "-m", "pip", "install", "-q", numpy, TORCH, cwd=tmp_path)
     assert preinstalled.returncode == 0, preinstalled.stderr
-    before = _run(colab, "-c", VERSIONS, timeout=120).stdout.split()
+    before = _run(colab, "-c", VERSIONS, cwd=tmp_path, timeout=120).stdout.split()
 
     cell = setup_cell.render().replace(setup_cell.repository_url(), book_pages.ROOT.as_uri())
-    first = _run(colab, "-c", cell + "\n" + AFTER_THE_CELL)
+    first = _run(colab, "-c", cell + "\n" + AFTER_THE_CELL, cwd=tmp_path)
     assert first.returncode == 0, f"the cell or the import after it failed:\n{first.stdout}\n{first.stderr}"
     assert first.stdout.split()[-5:] == ["after:", *before[1:], "quick", "True"], first.stdout
     assert "ERROR" not in first.stderr, f"pip reported a conflict:\n{first.stderr}"
 
-    again = _run(colab, "-c", cell, timeout=60)
+    again = _run(colab, "-c", cell, cwd=tmp_path, timeout=60)
     assert (again.returncode, again.stdout, again.stderr) == (0, "", ""), "the cell must do nothing once gflows imports"
