@@ -27,8 +27,8 @@ TEMPLATE = '''\
 import importlib, importlib.util, subprocess, sys
 if importlib.util.find_spec("gflows") is None:
     pip = [sys.executable, "-m", "pip", "install", "-q"]
-    subprocess.run(pip + ["--no-deps", "escnn==1.0.11"], check=True)
     subprocess.run(pip + ["git+{url}"], check=True)
+    subprocess.run(pip + ["--no-deps", "escnn==1.0.11"], check=True)   # after gflows: pip checks no deps
     importlib.invalidate_caches()'''
 
 
