@@ -21,7 +21,7 @@ $(STAMP): requirements.txt pyproject.toml
 	touch $(STAMP)
 
 test: $(STAMP)
-	GFLOWS_PROFILE=quick $(PY) -m pytest
+	GFLOWS_PROFILE=quick $(PY) -m pytest -n auto --dist loadfile   # every core; a notebook stays on one worker
 
 book: $(STAMP)
 	$(PY) book/_tools/vendor.py $(VENDOR)   # MathJax & co. from npm, served by the book itself
