@@ -57,7 +57,7 @@ from .data import images
 from .flows import FlowModel
 from .groups import get
 from .train import Options, derive_seed, evaluate, fit, load_checkpoint
-from .train.checkpoint import save, write_text
+from .train.checkpoint import exists as checkpoint_exists, save, write_text
 from .train.loop import CHECKPOINT
 from .train.metrics import sample_loss
 
@@ -278,7 +278,7 @@ def _train(run: Run, setup: Setup, folder: Path) -> None:
     best = min((row["valid_bpd"] for row in rows), default=math.inf)
     stops = list(range(options.eval_every, options.steps, options.eval_every)) + [options.steps]
     for stop in stops[len(rows):]:
-        resume = (folder / CHECKPOINT).is_file()
+        resume = checkpoint_exists(folder / CHECKPOINT)
         result = fit(model, train_set, validation, dataclasses.replace(options, steps=stop), out=folder, resume=resume,
                      config=run_key(run, setup))
         trained = result.final                       # the row of the stage's end, whose weights result.ema holds
@@ -289,7 +289,7 @@ def _train(run: Run, setup: Setup, folder: Path) -> None:
         rows.append(row)
         if row["valid_bpd"] < best:
             best = row["valid_bpd"]
-            save({"ema": _training_state(result.ema), "step": row["step"]}, folder / BEST)
+            save({"ema": _training_state(result.ema), "step": row["step"]}, folder / BEST, keep_previous=False)
         write_text(json.dumps(rows, indent=1), folder / STAGES)
     record = {"key": run_key(run, setup), "history": rows, "train_size": len(train_set),
               "parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),

@@ -3,6 +3,7 @@ r"""Experiments as YAML configurations: what data, what model, how to train, and
 A configuration has four sections::
 
     base: _digits-rot          # optional: start from another configuration, then override it
+    name: my-run               # optional: the run's name (default: the file's name without .yaml)
     data:                      # what to load (gflows.data.images)
       name: digits             # digits | fashion-mnist | mnist | cifar10
       train_size: null         # a nested, class-balanced subset of the training set (images.subset) ...
@@ -50,7 +51,7 @@ from .loop import Options, Result, fit
 from .rng import derive_seed
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
-SECTIONS = ("base", "data", "model", "train", "expected")
+SECTIONS = ("base", "name", "data", "model", "train", "expected")
 #: ``(C, H, W)`` of each dataset's images, known before any file is read.
 DATA_SHAPES: Dict[str, Tuple[int, int, int]] = {
     "digits": (1, 8, 8), "fashion-mnist": (1, 28, 28), "mnist": (1, 28, 28), "cifar10": (3, 32, 32),
@@ -92,10 +93,11 @@ class Experiment:
     expected: Dict[str, object] = field(default_factory=dict)
 
     def sections(self) -> Dict[str, object]:
-        """The configuration in plain types, as its YAML file would hold it (no base)."""
+        """The configuration in plain types, as its YAML file would hold it (no base): the run's
+        ``config.yaml``, saved in its checkpoint and metrics too."""
         train = dataclasses.asdict(self.train)
         train["betas"] = list(train["betas"])
-        return {"data": dataclasses.asdict(self.data), "model": dict(self.model), "train": train,
+        return {"name": self.name, "data": dataclasses.asdict(self.data), "model": dict(self.model), "train": train,
                 "expected": dict(self.expected)}
 
     def check_processes(self, world_size: int) -> None:
@@ -125,7 +127,7 @@ class Experiment:
         """Load the data, build the model and :func:`~gflows.train.fit` it, writing into ``out``."""
         train_set, test_set = self.load_data()
         return fit(self.build_model(), train_set, test_set, self.train, out=out, resume=resume, callback=callback,
-                   config={"name": self.name, **self.sections()})
+                   config=self.sections())
 
 
 # ------------------------------------------------------------------------------------------ files
@@ -187,8 +189,8 @@ def apply_overrides(raw: Dict[str, object], overrides: Iterable[str]) -> Dict[st
         section, dot, name = key.strip().partition(".")
         if not equals or not dot or not name:
             raise ConfigError(f"an override reads section.key=value (e.g. train.lr=3e-4), got {override!r}")
-        if section not in SECTIONS or section == "base":
-            raise ConfigError(f"override {override!r}: no section {section!r}{_did_you_mean(section, SECTIONS[1:])}")
+        if section not in SECTIONS or section in ("base", "name"):
+            raise ConfigError(f"override {override!r}: no section {section!r}{_did_you_mean(section, SECTIONS[2:])}")
         raw.setdefault(section, {})
         raw[section] = dict(raw[section] or {})
         try:
@@ -206,10 +208,14 @@ def load(name_or_path: Union[str, Path], overrides: Sequence[str] = ()) -> Exper
 
 # ------------------------------------------------------------------------------------- validation
 def validate(raw: Dict[str, object], name: str = "experiment") -> Experiment:
-    """An :class:`Experiment` from a raw mapping, or a :class:`ConfigError` naming what is wrong."""
+    """An :class:`Experiment` from a raw mapping, or a :class:`ConfigError` naming what is wrong.
+    Its name is ``raw["name"]`` where given, else ``name``."""
     if not isinstance(raw, dict):
         raise ConfigError(f"a configuration is a mapping of sections ({', '.join(SECTIONS)})")
     _check_keys(raw, SECTIONS, "the configuration")
+    name = raw.get("name", name)
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"name: expected a non-empty string, got {name!r}")
     for section in ("data", "model"):
         if not isinstance(raw.get(section), dict):
             raise ConfigError(f"the configuration needs a '{section}' section (a mapping)")

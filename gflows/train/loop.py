@@ -18,10 +18,14 @@ first power iterations of Lipschitz layers; the EMA copy is made after it.
 Every ``eval_every`` steps (and at steps 0 and ``steps``) the **EMA weights** are evaluated on the
 test set (:func:`.metrics.evaluate`) and a row is appended to the history. With ``out``, rank 0
 writes the history to ``metrics.csv`` and ``metrics.json`` and, every ``checkpoint_every`` steps,
-an atomic checkpoint ``checkpoint.pt`` (:mod:`.checkpoint`) with the model, the EMA, the optimiser,
-the schedule, the position in the data, every process's random-generator states, the options and the
-history. ``resume=True`` continues from it and reproduces the uninterrupted run exactly (on a CPU;
-on a GPU up to the non-determinism of some CUDA kernels).
+an atomic checkpoint ``checkpoint.pt`` (:mod:`.checkpoint`, the previous one kept beside it) with
+the model, the EMA, the optimiser, the schedule, the position in the data, every process's
+random-generator states, the options and the history. ``resume=True`` continues from the newest
+checkpoint that loads and reproduces the uninterrupted run exactly (on a CPU; on a GPU up to the
+non-determinism of some CUDA kernels); everything that could make it differ (other options, another
+model or configuration, another number of processes) is refused with :class:`ResumeError` before
+anything is written. While a run lives, its folder is locked against other processes
+(:mod:`.runfolder`).
 
 **Seeds.** Everything derives from ``options.seed`` (:func:`.rng.derive_seed`): the data order
 (``"data"``), the initialisation pass (``"init"``), the training noise of process r (``"train", r``)
@@ -31,6 +35,7 @@ build it after ``torch.manual_seed(...)`` (the CLI uses ``derive_seed(seed, "mod
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import io
@@ -48,7 +53,7 @@ from tqdm.auto import tqdm
 
 from ..flows import FlowModel
 from ..groups import get
-from . import checkpoint, distributed, rng
+from . import checkpoint, distributed, rng, runfolder
 from .ema import EMA
 from .metrics import evaluate, sample_loss
 from .sources import as_source, batches_per_epoch
@@ -145,6 +150,10 @@ class NonFiniteLoss(FloatingPointError):
         self.step, self.loss, self.grad_norm = step, loss, grad_norm
 
 
+class ResumeError(ValueError):
+    """A run that cannot be resumed as asked; the message says why and what to do. Nothing was written."""
+
+
 @dataclass
 class Result:
     """What :func:`fit` returns.
@@ -228,13 +237,17 @@ def fit(
         a :class:`Result`.
     Raises:
         NonFiniteLoss: at the first step whose loss or gradient norm is not finite.
+        ResumeError: ``resume=True`` and the run in ``out`` cannot continue with these arguments.
+        RunFolderBusy: another process is running in ``out``.
     """
     run = _Run(model, train_data, test_data, options or Options(), out, config)
-    if resume:
-        run.resume()
-    else:
-        run.start()
-    run.train(callback)
+    owns_folder = run.out is not None and run.world.is_main
+    with runfolder.hold(run.out) if owns_folder else contextlib.nullcontext():
+        if resume:
+            run.resume()
+        else:
+            run.start()
+        run.train(callback)
     return Result(model, run.ema.model.eval(), run.progress.history, run.options, run.out)
 
 
@@ -270,7 +283,7 @@ class _Run:
     # ------------------------------------------------------------------------- the two starts
     def start(self) -> None:
         """A fresh run: the same weights everywhere, the initialisation pass, then the EMA copy."""
-        if self.checkpoint_path is not None and self.checkpoint_path.exists():
+        if self.checkpoint_path is not None and checkpoint.exists(self.checkpoint_path):
             raise FileExistsError(f"{self.checkpoint_path} exists: resume the run (resume=True, --resume) or choose another folder")
         distributed.broadcast_state(self.model, self.world)
         rng.seed_everything(rng.derive_seed(self.options.seed, "init"))
@@ -282,8 +295,12 @@ class _Run:
 
     def resume(self) -> None:
         """Everything from the checkpoint, this process's random generators included."""
-        state = _load(self.checkpoint_path, self.options, self.world)
-        self.model.load_state_dict(state["model"])
+        state = _load(self.checkpoint_path, self.options, self.world, self.config)
+        try:
+            self.model.load_state_dict(state["model"])
+        except RuntimeError:
+            raise ResumeError(f"the checkpoint in {self.out} holds another model (other kind, group or sizes) "
+                              "than the one given: build the run's own model to resume it") from None
         self.ema = EMA(self.model, self.options.ema_decay)
         self.ema.model.load_state_dict(state["ema"])
         self.optimiser.load_state_dict(state["optimiser"])
@@ -392,23 +409,46 @@ class _Run:
         return self.progress.elapsed + time.perf_counter() - self.started
 
 
-def _load(path: Optional[Path], options: Options, current: distributed.World) -> Dict[str, object]:
+def _load(path: Optional[Path], options: Options, current: distributed.World, config) -> Dict[str, object]:
+    """The newest readable checkpoint at ``path``, once it is certain that the run can go on from it."""
     if path is None:
-        raise ValueError("resume=True needs the run's folder (out=...)")
-    if not path.exists():
-        raise FileNotFoundError(f"cannot resume: no checkpoint at {path}")
-    state = checkpoint.load(path)
+        raise ResumeError("resume=True needs the run's folder (out=...)")
+    if not checkpoint.exists(path):
+        raise ResumeError(f"cannot resume: no checkpoint in {path.parent}; start the run without --resume (resume=False)")
+    try:
+        state, _ = checkpoint.load_latest(path)
+    except checkpoint.CheckpointUnreadable as error:
+        raise ResumeError(str(error)) from None
     saved = state["options"]
     changed = {key: (saved.get(key), value) for key, value in dataclasses.asdict(options).items()
                if key not in RESUMABLE_CHANGES and _plain(saved.get(key)) != _plain(value)}
     if changed:
         details = ", ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in changed.items())
-        raise ValueError(f"cannot resume {path} with different options ({details}); only {', '.join(RESUMABLE_CHANGES)} may change")
+        raise ResumeError(f"cannot resume {path} with different options ({details}); only {', '.join(RESUMABLE_CHANGES)} may change")
+    differences = _config_differences(state.get("config"), config)
+    if differences:
+        raise ResumeError(f"cannot resume {path.parent} with another configuration ({', '.join(differences)}); "
+                          "resume it with its own (--resume --out DIR, without --config), or choose another folder")
     if state["world_size"] != current.size:
-        raise ValueError(f"{path} was written by {state['world_size']} process(es); resume it with the same number, not {current.size}")
+        raise ResumeError(f"{path} was written by {state['world_size']} process(es); resume it with the same number "
+                          f"(torchrun --nproc_per_node {state['world_size']}), not {current.size}")
     if state["progress"]["step"] > options.steps:
-        raise ValueError(f"{path} is at step {state['progress']['step']}, beyond steps={options.steps}")
+        raise ResumeError(f"{path} is at step {state['progress']['step']}, beyond steps={options.steps}")
     return state
+
+
+def _config_differences(saved, given) -> List[str]:
+    """``section.key: old -> new`` for every setting of the ``data`` and ``model`` sections that differs
+    (the ``train`` section is compared as options; the name, ``expected`` and where the data files are
+    found, ``data.root`` and ``data.download``, may differ)."""
+    if saved is None or given is None:
+        return []
+    found = []
+    for section in ("data", "model"):
+        old, new = saved.get(section) or {}, given.get(section) or {}
+        found += [f"{section}.{key}: {old.get(key)!r} -> {new.get(key)!r}" for key in sorted({*old, *new})
+                  if key not in ("root", "download") and _plain(old.get(key)) != _plain(new.get(key))]
+    return found
 
 
 def _plain(value):
