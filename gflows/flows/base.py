@@ -19,6 +19,7 @@ equivariant map at :math:`g x` is :math:`A_g J A_g^{-1}`, with the same determin
 from __future__ import annotations
 
 import math
+import operator
 from typing import Optional, Sequence, Tuple
 
 import torch
@@ -82,6 +83,21 @@ class Sequential(Flow):
         return self.layers[index]
 
 
+def as_data_shape(data_shape) -> Tuple[int, ...]:
+    """``data_shape`` as a tuple of positive ints: ``(C, H, W)`` for images, ``(2,)`` for points;
+    ValueError for anything else (a string such as ``"1,8,8"`` included)."""
+    try:
+        if isinstance(data_shape, (str, bytes)):
+            raise TypeError
+        shape = tuple(operator.index(s) for s in data_shape)
+    except TypeError:
+        raise ValueError(f"data_shape is a tuple of positive integers, (C, H, W) for images or (2,) for points, "
+                         f"got {data_shape!r}") from None
+    if not (len(shape) == 3 and min(shape) >= 1 or shape == (2,)):
+        raise ValueError(f"data_shape is (C, H, W) for images or (2,) for points, got {shape}")
+    return shape
+
+
 def standard_normal_log_prob(z: torch.Tensor) -> torch.Tensor:
     """:math:`\\sum_i \\log \\mathcal{N}(z_i; 0, 1)` per sample: ``(B, ...) -> (B,)``; invariant to any
     orthogonal map of z."""
@@ -127,37 +143,67 @@ class FlowModel(nn.Module):
             (``"trivial"`` for an ordinary flow); checked against ``data_shape``.
 
     ``log_prob`` is G-invariant when ``flow`` is G-equivariant (see the module docstring).
+
+    Inputs are checked at this boundary: a batch ``(B, *data_shape)`` of finite floating-point
+    numbers of the model's dtype, on its device (images: dequantised pixels in [0, 1], checked by the
+    first layer, :class:`~gflows.flows.elementwise.Logit`). An empty batch (``B = 0``) gives empty
+    results without running the layers; ``sample(0)`` is an empty batch. In evaluation mode escnn
+    caches every expanded filter; they are computed without autograd, so an evaluation-mode model
+    holds no graph and can be deep-copied.
     """
 
     def __init__(self, flow: Flow, data_shape: Sequence[int], group: "str | Group" = "trivial") -> None:
         super().__init__()
         self.flow = flow
-        self.data_shape = tuple(int(s) for s in data_shape)
+        self.data_shape = as_data_shape(data_shape)
         self.group = get(group) if isinstance(group, str) else group
         if len(self.data_shape) == 3:
             self.group.check_image_shape(self.data_shape)
-        elif self.data_shape != (2,):
-            raise ValueError(f"data_shape is (C, H, W) for images or (2,) for points, got {self.data_shape}")
+        # follows .to(), .double() and .cuda() like the weights: the dtype and device inputs must have
+        # (a flow without weights, such as Logit alone, takes any floating dtype on any device)
+        floating = (t for t in (*flow.parameters(), *flow.buffers()) if t.is_floating_point())
+        reference = next(floating, None)
+        self._has_weights = reference is not None
+        self.register_buffer("_placement", torch.empty(0) if reference is None else reference.new_empty(0), persistent=False)
 
     @property
     def dim(self) -> int:
         """D, the number of numbers in one sample."""
         return math.prod(self.data_shape)
 
-    def _check(self, x: torch.Tensor) -> None:
+    def _check(self, x: torch.Tensor, name: str = "x") -> None:
         if not torch.is_tensor(x) or tuple(x.shape[1:]) != self.data_shape or x.dim() != len(self.data_shape) + 1:
             shape = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
             raise ValueError(f"expected a batch of shape (B, {', '.join(map(str, self.data_shape))}), got {shape}")
+        placement = self._placement
+        if not x.is_floating_point():
+            advice = " (8-bit pixels: dequantise them first, gflows.flows.dequantize)" if len(self.data_shape) == 3 else ""
+            raise TypeError(f"{name} must be a floating-point tensor, got {x.dtype}{advice}")
+        if self._has_weights and x.dtype != placement.dtype:
+            raise TypeError(f"{name} is {x.dtype} but the model is {placement.dtype}: convert one to the other "
+                            f"(x.to({placement.dtype}), or model.to({x.dtype}))")
+        if self._has_weights and x.device != placement.device:
+            raise ValueError(f"{name} is on {x.device} but the model on {placement.device}: move one to the other")
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError(f"{name} holds NaN or infinite values")
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """Data ``(B, *data_shape)`` -> latent of the same shape and ``logdet`` ``(B,)``."""
         self._check(x)
+        if len(x) == 0:
+            return x.clone(), x.new_zeros(0)
         return self.flow(x)
 
     def inverse(self, z: torch.Tensor) -> torch.Tensor:
         """Latent -> data."""
-        self._check(z)
+        self._check(z, "z")
+        if len(z) == 0:
+            return z.clone()
         return self.flow.inverse(z)
+
+    def train(self, mode: bool = True) -> "FlowModel":
+        with torch.no_grad():  # escnn expands and caches its filters when switched to evaluation mode
+            return super().train(mode)
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """Natural-log density of x, ``(B,)``: ``log N(f(x)) + log|det df/dx|``."""
@@ -173,10 +219,13 @@ class FlowModel(nn.Module):
 
     @torch.no_grad()
     def sample(self, n: int, *, temperature: float = 1.0, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        """``n`` samples, ``(n, *data_shape)``: the inverse flow applied to ``temperature * N(0, I)``."""
-        parameter = next(self.parameters(), None)
-        device = parameter.device if parameter is not None else torch.device("cpu")
-        dtype = parameter.dtype if parameter is not None else torch.get_default_dtype()
-        z = torch.randn((n, *self.data_shape), generator=generator, device=device, dtype=dtype)
+        """``n`` samples, ``(n, *data_shape)``: the inverse flow applied to ``temperature * N(0, I)``
+        (``temperature >= 0``; 0 gives the image of the base's mode ``z = 0``)."""
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ValueError(f"n is the number of samples, an integer >= 0, got {n!r}")
+        if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature >= 0):
+            raise ValueError(f"temperature scales the base's standard deviation: a finite number >= 0, got {temperature!r}")
+        placement = self._placement
+        z = torch.randn((n, *self.data_shape), generator=generator, device=placement.device, dtype=placement.dtype)
         return self.inverse(temperature * z)
 

@@ -100,20 +100,28 @@ class Checkerboard(nn.Module):
         self.n_scales = len(field_type)
         self.group, self.parity, self.require_respected = group, parity % 2, require_respected
 
+    def _pattern(self, h: int, w: int, device=None, dtype=torch.float32) -> torch.Tensor:
+        rows, columns = torch.arange(h, device=device)[:, None], torch.arange(w, device=device)[None, :]
+        return ((rows + columns + self.parity) % 2 == 1).to(dtype)[None, None]
+
+    def check_respected(self, h: int, w: int) -> None:
+        """ValueError unless every exact element of the group maps the checkerboard of an ``h x w``
+        image to itself (models call it when they are built, so a bad split fails there)."""
+        a = self._pattern(h, w)
+        moved = [g for g in self.group.exact_elements() if not torch.equal(self.group.act_image(a, g), a)]
+        if moved:
+            raise ValueError(
+                f"{self.group.describe(moved[0])} maps the pixel checkerboard of a {h}x{w} image to its "
+                f"complement, so a checkerboard coupling is not {self.group.name}-equivariant: split by "
+                "fields (channels) instead"
+            )
+
     def mask(self, x: torch.Tensor) -> torch.Tensor:
         """``(1, 1, H, W)`` 1 on A pixels, 0 on B pixels; ValueError if the group does not respect it."""
         h, w = x.shape[-2:]
-        rows, columns = torch.arange(h, device=x.device)[:, None], torch.arange(w, device=x.device)[None, :]
-        a = ((rows + columns + self.parity) % 2 == 1).to(x.dtype)[None, None]
         if self.require_respected:
-            moved = [g for g in self.group.exact_elements() if not torch.equal(self.group.act_image(a, g), a)]
-            if moved:
-                raise ValueError(
-                    f"{self.group.describe(moved[0])} maps the pixel checkerboard of a {h}x{w} image to its "
-                    f"complement, so a checkerboard coupling is not {self.group.name}-equivariant: split by "
-                    "fields (channels) instead"
-                )
-        return a
+            self.check_respected(h, w)
+        return self._pattern(h, w, x.device, x.dtype)
 
     def split(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         return x * self.mask(x), x

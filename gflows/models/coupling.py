@@ -36,6 +36,7 @@ def image_flow(G: Group, data_shape: tuple, *, depth: int = 8, width: int = 64, 
     def coupling(field_type, i):
         if split == "checkerboard":
             partition = Checkerboard(field_type, G, parity=i)
+            partition.check_respected(*data_shape[1:])   # at build time, not at the first forward pass
         else:
             partition = FieldSplit(field_type, parity=i)
         conditioner = EquivariantConditioner(partition.in_type, partition.t_type, partition.n_scales, hidden,

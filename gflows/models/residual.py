@@ -105,9 +105,6 @@ def point_flow(G: Group, *, depth: int = 8, width: int = 64, coeff: float = 0.9,
 def build(G: Group, data_shape: Sequence[int], **hparams) -> FlowModel:
     """:func:`image_flow` for ``(C, H, W)``, :func:`point_flow` for ``(2,)``."""
     data_shape = tuple(data_shape)
-    for name in ("depth", "width"):
-        if name in hparams and int(hparams[name]) < 1:
-            raise ValueError(f"{name} must be a positive integer, got {hparams[name]}")
     if data_shape == (2,):
         return point_flow(G, **hparams)
     if len(data_shape) != 3:
