@@ -14,5 +14,5 @@ The companion package of the gflows book. Modules, imports flowing one way:
 
 from . import checks, flows, groups, runtime, symmetrize, transport
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"  # the one place of the version (CHANGELOG.md says where it is read)
 __all__ = ["checks", "flows", "groups", "runtime", "symmetrize", "transport", "__version__"]

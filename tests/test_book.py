@@ -48,6 +48,7 @@ def test_first_code_cell_is_the_current_setup_cell(path):
     assert cell is not None and cell.source == setup_cell.render(), (
         f"{path.name}: run `python book/_tools/setup_cell.py` to refresh its setup cell"
     )
+    assert set(setup_cell.TAGS) <= set(cell.metadata.get("tags", [])), f"{path.name}: the setup cell is not collapsed"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)

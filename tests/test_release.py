@@ -1,0 +1,35 @@
+"""One version, stated once (``gflows.__version__``) and agreed on by everything that names it;
+the licenses and the citation file a course needs to reuse the book."""
+
+import re
+
+import yaml
+
+import book_pages
+import gflows
+
+ROOT = book_pages.ROOT
+setup_cell = book_pages.tool("setup_cell")
+
+
+def test_the_version_is_single_sourced():
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert 'dynamic = ["version"]' in pyproject and 'version = {attr = "gflows.__version__"}' in pyproject
+    assert not re.search(r'^version\s*=\s*"', pyproject, flags=re.M), "pyproject.toml must not repeat the version"
+    assert setup_cell.package_version() == gflows.__version__
+    assert f"@v{gflows.__version__}" in setup_cell.render(), "the setup cell installs the release tag"
+    assert yaml.safe_load((ROOT / "CITATION.cff").read_text())["version"] == gflows.__version__
+    newest = re.search(r"^## (\S+)", (ROOT / "CHANGELOG.md").read_text(), flags=re.M).group(1)
+    assert newest == gflows.__version__, "CHANGELOG.md's newest entry is the current version"
+
+
+def test_licenses_citation_and_the_books_footer():
+    license_text = (ROOT / "LICENSE").read_text()
+    assert "MIT License" in license_text and "CC BY 4.0" in license_text
+    citation = yaml.safe_load((ROOT / "CITATION.cff").read_text())
+    assert citation["cff-version"] == "1.2.0" and "arXiv:2110.08649" in str(citation["preferred-citation"])
+    assert citation["repository-code"] == setup_cell.repository_url()
+    footer = yaml.safe_load((ROOT / "_config.yml").read_text())["html"]["extra_footer"]
+    assert "CC BY 4.0" in footer and "MIT" in footer
+    readme = (ROOT / "README.md").read_text()
+    assert "MIT" in readme and "CC BY 4.0" in readme and "CITATION.cff" in readme
