@@ -77,7 +77,7 @@ class Group:
     # ----------------------------------------------------------------------------- elements
     @property
     def order(self) -> int:
-        """Number of elements, |G|."""
+        """Number of elements, :math:`|G|`."""
         return len(self._elements)
 
     @property
@@ -193,7 +193,7 @@ class Group:
         return enn.FieldType(self.gspace, [self.gspace.trivial_repr] * n)
 
     def regular_fields(self, n: int):
-        """escnn ``FieldType`` of n regular fields (n * |G| channels, permuted by the group)."""
+        """escnn ``FieldType`` of n regular fields (:math:`n|G|` channels, permuted by the group)."""
         return enn.FieldType(self.gspace, [self.gspace.regular_repr] * n)
 
     def check_image_shape(self, data_shape: Sequence[int]) -> None:

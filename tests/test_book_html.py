@@ -68,3 +68,31 @@ def test_pages_load_nothing_from_other_hosts(built_book, pages):
     remote = sorted({f"{path.relative_to(built_book)}: {url}" for path, page in pages.items()
                      for url, loaded in page.urls if loaded and urllib.parse.urlsplit(url).netloc})
     assert not remote, "pages that need the network to display:\n" + "\n".join(remote)
+
+
+def test_the_api_reference_documents_the_public_entry_points(built_book, pages):
+    api = built_book / "book" / "api"
+    documented = set().union(*(pages[path].ids for path in api.glob("*.html")))
+    for name in ("gflows.models.build", "gflows.groups.get", "gflows.checks.equivariance_error",
+                 "gflows.checks.invariance_error", "gflows.checks.inverse_error", "gflows.flows.base.FlowModel",
+                 "gflows.train.loop.fit", "gflows.train.loop.Options", "gflows.data.images.load",
+                 "gflows.study.run_all", "gflows.symmetrize.symmetrize", "gflows.viz.plot_equivariance",
+                 "gflows.widgets.equivariance_explorer"):
+        assert name in documented, f"the API reference does not document {name}"
+
+
+def test_every_chapter_links_to_the_api_reference_and_collapses_its_setup_cell(built_book, pages):
+    chapters = sorted((built_book / "book").glob("0*.html"))
+    assert chapters
+    for path in chapters:
+        links = {url for url, _ in pages[path].urls if url.startswith("api/") and "#" in url}
+        assert links, f"{path.name} links to no function of the API reference"
+        text = path.read_text(encoding="utf-8")
+        assert text.count("tag_hide-input") >= 1, f"{path.name}: the setup cell is not collapsed"
+
+
+def test_every_page_carries_the_license_in_its_footer(built_book, pages):
+    texts = {path: path.read_text(encoding="utf-8") for path in pages}
+    unlicensed = [path.name for path, text in texts.items()
+                  if "CC BY 4.0" not in text and 'http-equiv="Refresh"' not in text]  # not the root's redirect
+    assert not unlicensed, f"pages without the license footer: {unlicensed}"

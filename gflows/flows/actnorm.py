@@ -32,7 +32,7 @@ class ActNorm(Flow):
 
     Args:
         num_fields: number of fields F.
-        field_size: channels per field S (1 for image channels, |G| for regular fields, 2 for a
+        field_size: channels per field S (1 for image channels, :math:`|G|` for regular fields, 2 for a
             point of the plane).
         shift: learn b (only for fields whose representation fixes the constant vector).
     Shapes: ``(B, F*S)`` or ``(B, F*S, H, W)`` in and out; ``logdet`` ``(B,)``.

@@ -10,7 +10,7 @@ maps each field to itself). An affine autoregressive layer is, data to latent,
   sequential.
 
 In both, :math:`\log\lvert\det\rvert = \sum_i \sum s_i` (a triangular Jacobian over fields, with the
-scale of field i one scalar field broadcast over its channels, as in :mod:`.coupling`). With an
+scale of field i one scalar field broadcast over its channels, as in :mod:`gflows.flows.coupling`). With an
 equivariant, field-masked conditioner (:class:`gflows.nn.conditioners.MaskedConditioner`) every pass
 is equivariant, and so is the sequential loop: its intermediate states are equivariant functions of
 the input (a field still zero is mapped to zero by every :math:`\rho(g)`).

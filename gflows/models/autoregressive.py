@@ -1,6 +1,6 @@
 r"""G-IAF models: stacks of autoregressive affine layers over the fields of an image.
 
-``build(G, (C, H, W), depth=, width=)``: the skeleton of :mod:`.images` (ActNorm, 2x2 squeeze into
+``build(G, (C, H, W), depth=, width=)``: the skeleton of :mod:`gflows.models.images` (ActNorm, 2x2 squeeze into
 irreducible fields where the group and the size allow it) around ``depth``
 :class:`~gflows.flows.autoregressive.AutoregressiveAffine` layers, the field order reversed from
 one layer to the next, each with a field-masked equivariant conditioner. ``fast="inverse"`` (the

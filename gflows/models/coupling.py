@@ -2,7 +2,7 @@ r"""G-Coupling models: RealNVP-style stacks of equivariant affine couplings, for
 
 ``build(G, (C, H, W), depth=, width=)``: ActNorm, a 2x2 squeeze into irreducible fields (groups of
 90° rotations and flips, even sizes), ``depth`` couplings whose split alternates between the even and
-the odd fields, and the inverse squeeze (:mod:`.images`). ``split="checkerboard"`` gives RealNVP's
+the odd fields, and the inverse squeeze (:mod:`gflows.models.images`). ``split="checkerboard"`` gives RealNVP's
 pixel checkerboard instead (no squeeze; refused where the group does not respect it).
 ``build(G, (2,), ...)``: couplings of the radius and the direction of a point, alternating
 (:class:`~gflows.flows.coupling.RadialCoupling`, :class:`~gflows.flows.coupling.AngularCoupling`).

@@ -78,7 +78,7 @@ class Options:
         eval_batch_size: batch size of the evaluation.
         eval_group: group of the group-averaged metrics and of the invariance gap; ``None`` uses the
             model's group. Give the equivariant model's group to a trivial twin to compare them.
-        group_metrics: ``False`` skips the group average and the invariance gap (|G| times cheaper).
+        group_metrics: ``False`` skips the group average and the invariance gap (:math:`|G|` times cheaper).
         augment: a group name: each training sample is moved by a random element of it (exact
             elements for images), a fresh one every epoch (data augmentation).
         rotation: images only: then rotated by a random angle in ``[-rotation, rotation]`` degrees

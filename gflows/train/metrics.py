@@ -95,8 +95,9 @@ def evaluate(model: FlowModel, batches: Iterable[torch.Tensor], group: Group, *,
             the caller's random generators are left as they were.
         group_metrics: ``False`` evaluates the identity only (no ``*_group``, no gap).
     Returns:
-        ``{"test_bpd" | "test_nll": ..., and with group_metrics "test_bpd_group" | "test_nll_group",
-        "invariance_gap_max", "invariance_gap_mean"}`` as Python floats.
+        ``{"test_bpd": ...}`` (``"test_nll"`` for points) and, with ``group_metrics``, also
+        ``"test_bpd_group"`` (``"test_nll_group"``), ``"invariance_gap_max"`` and
+        ``"invariance_gap_mean"``, as Python floats.
     """
     images = is_image_model(model)
     elements = evaluation_elements(model, group) if group_metrics else [group.identity]
