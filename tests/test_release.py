@@ -3,6 +3,7 @@ the licenses and the citation file a course needs to reuse the book."""
 
 import re
 
+import pytest
 import yaml
 
 import book_pages
@@ -33,3 +34,41 @@ def test_licenses_citation_and_the_books_footer():
     assert "CC BY 4.0" in footer and "MIT" in footer
     readme = (ROOT / "README.md").read_text()
     assert "MIT" in readme and "CC BY 4.0" in readme and "CITATION.cff" in readme
+
+
+#: import name -> the distribution that pyproject.toml declares for it
+DISTRIBUTIONS = {"sklearn": "scikit-learn", "yaml": "pyyaml", "IPython": "ipython"}
+#: installed apart from pyproject.toml, as the README says (``pip install --no-deps escnn``)
+SEPARATE = {"escnn", "gflows"}
+
+
+def _imports(sources):
+    import ast
+
+    names = set()
+    for source in sources:
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.Import):
+                names.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                names.add(node.module.split(".")[0])
+    return names
+
+
+def test_every_import_of_the_package_and_the_chapters_is_declared():
+    import sys
+
+    import nbformat
+
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+
+    declared = {re.split(r"[<>=!~ ;\[]", d)[0].lower() for d in
+                tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]}
+    sources = [p.read_text() for p in (ROOT / "gflows").rglob("*.py")]
+    for path in setup_cell.notebooks():
+        cells = nbformat.read(path, as_version=4).cells
+        sources += ["\n".join(line for line in c.source.splitlines() if not line.lstrip().startswith(("!", "%")))
+                    for c in cells if c.cell_type == "code"]
+    third_party = _imports(sources) - set(sys.stdlib_module_names) - SEPARATE
+    missing = sorted(name for name in third_party if DISTRIBUTIONS.get(name, name).lower() not in declared)
+    assert not missing, f"imported but not declared in pyproject.toml: {missing}"
