@@ -72,3 +72,18 @@ def test_every_import_of_the_package_and_the_chapters_is_declared():
     third_party = _imports(sources) - set(sys.stdlib_module_names) - SEPARATE
     missing = sorted(name for name in third_party if DISTRIBUTIONS.get(name, name).lower() not in declared)
     assert not missing, f"imported but not declared in pyproject.toml: {missing}"
+
+
+def test_docstrings_hold_no_control_characters():
+    """A backslash in a docstring that is not raw (``"\\beta"``) becomes a control character
+    (a backspace), and the API reference then shows broken mathematics."""
+    import ast
+
+    broken = []
+    for path in sorted((ROOT / "gflows").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                doc = ast.get_docstring(node, clean=False) or ""
+                if any(ch in doc for ch in "\x07\x08\x0b\x0c\r"):
+                    broken.append(f"{path.relative_to(ROOT)}: {getattr(node, 'name', 'module')}")
+    assert not broken, f"make these docstrings raw (r\"\"\"...): {broken}"

@@ -3,7 +3,9 @@ r"""Activation normalisation (Kingma & Dhariwal 2018), one scale and shift per *
 For a tensor whose channels are ``num_fields`` fields of ``field_size`` channels each,
 
 .. math:: z = (x + b_f)\, e^{s_f} \quad\text{on every channel and position of field } f,
-          \qquad \log\lvert\det\rvert = (\text{field\_size} \cdot \text{positions}) \sum_f s_f .
+          \qquad \log\lvert\det\rvert = S\,P \sum_f s_f ,
+
+with :math:`S` = ``field_size`` channels per field and :math:`P` positions (pixels) per channel.
 
 Why it is equivariant: a group element moves pixels and acts on each field by a matrix
 :math:`\rho(g)`. A positive scalar :math:`e^{s_f}` commutes with every :math:`\rho(g)`, and moving

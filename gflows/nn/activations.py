@@ -17,12 +17,12 @@ from .fields import without_pointwise_nonlinearities
 
 
 class LipSwish(nn.Module):
-    """Pointwise 1-Lipschitz activation on fields that allow pointwise non-linearities.
+    r"""Pointwise 1-Lipschitz activation on fields that allow pointwise non-linearities.
 
     Args:
         field_type: escnn ``FieldType`` of the input (and output); every representation in it must
             support pointwise non-linearities (trivial and regular fields do).
-        beta: initial value of the learned parameter ``beta_raw``; :math:`\beta = \mathrm{softplus}(\text{beta\_raw})`.
+        beta: initial value of the learned parameter ``beta_raw``; :math:`\beta = \mathrm{softplus}(\beta_{\mathrm{raw}})`.
     Shapes: any ``(B, C, ...)`` with ``C = field_type.size``, in and out. Equivariant to the group of
     ``field_type``; Lip = 1.
     """
