@@ -154,7 +154,7 @@ def test_actnorm_initialises_from_data_and_invariantly():
     moved = ActNorm(2).double()
     moved(G.act_image(x, G.elements()[3]))
     torch.testing.assert_close(moved.log_scale, layer.log_scale)
-    with pytest.raises(ValueError, match="2 fields x 1 channels"):
+    with pytest.raises(ValueError, match="2 fields of 2 channels in all"):
         layer(torch.randn(1, 3, 5, 5, dtype=torch.float64))
 
 

@@ -231,3 +231,17 @@ def test_build_errors_and_the_width_rule():
         for name in ("trivial", "C4", "D4", "C8")
     }
     assert all(0.5 < count / counts["trivial"] < 2 for count in counts.values()), counts
+
+
+def test_the_probe_does_not_depend_on_the_memory_layout_of_the_input():
+    """The same numbers in another memory layout (a rotated batch's strides are permuted) get the same
+    probe, hence the same estimate: ``randn_like`` would fill the permuted strides in another order."""
+    block = ResidualBlock(image_branch(groups.get("C4"), 1, 2, coeff=0.7), eval_estimator=PowerSeries(4)).double().eval()
+    x = torch.rand(2, 1, 5, 5, dtype=torch.float64)
+    permuted = x.transpose(2, 3).contiguous().transpose(2, 3)
+    assert torch.equal(permuted, x) and permuted.stride() != x.stride()
+    estimates = []
+    for batch in (x, permuted):
+        torch.manual_seed(3)
+        estimates.append(block(batch)[1])
+    torch.testing.assert_close(estimates[0], estimates[1], rtol=0, atol=1e-12)

@@ -21,7 +21,7 @@ group element only permutes, so the initialised layer is equivariant too.
 
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -30,55 +30,77 @@ from .base import Flow
 
 
 class ActNorm(Flow):
-    """Per-field affine map ``z = (x + b) * exp(s)``, equivariant for scalar / regular fields.
+    """Per-field affine map ``z = (x + b) * exp(s)``, equivariant for scalar / regular / permutation fields.
 
     Args:
         num_fields: number of fields F.
         field_size: channels per field S (1 for image channels, :math:`|G|` for regular fields, 2 for a
             point of the plane).
         shift: learn b (only for fields whose representation fixes the constant vector).
-    Shapes: ``(B, F*S)`` or ``(B, F*S, H, W)`` in and out; ``logdet`` ``(B,)``.
+        field_sizes: the channels of each field, for fields of different sizes (e.g. the orbit fields
+            of a squeezed image, :func:`for_fields`); replaces ``num_fields`` x ``field_size``.
+    Shapes: ``(B, sum of sizes)`` or ``(B, sum of sizes, H, W)`` in and out; ``logdet`` ``(B,)``.
     """
 
-    def __init__(self, num_fields: int, field_size: int = 1, *, shift: bool = True, eps: float = 1e-6) -> None:
+    def __init__(self, num_fields: int, field_size: int = 1, *, shift: bool = True, eps: float = 1e-6,
+                 field_sizes: Optional[Sequence[int]] = None) -> None:
         super().__init__()
-        self.num_fields, self.field_size, self.eps = num_fields, field_size, eps
+        sizes = [field_size] * num_fields if field_sizes is None else [int(n) for n in field_sizes]
+        if field_sizes is not None and len(sizes) != num_fields:
+            raise ValueError(f"field_sizes lists {len(sizes)} fields, num_fields is {num_fields}")
+        self.num_fields, self.field_sizes, self.eps = num_fields, tuple(sizes), eps
+        self.channels = sum(sizes)
         self.log_scale = nn.Parameter(torch.zeros(num_fields))
         self.shift = nn.Parameter(torch.zeros(num_fields)) if shift else None
         self.register_buffer("initialized", torch.tensor(False))
+        self.register_buffer("_field_of_channel", torch.repeat_interleave(torch.arange(num_fields), torch.tensor(sizes)),
+                             persistent=False)
 
-    def _per_field(self, x: torch.Tensor) -> torch.Tensor:
-        """View ``(B, F*S, *spatial)`` as ``(B, F, S * positions)``."""
-        if x.dim() < 2 or x.shape[1] != self.num_fields * self.field_size:
-            raise ValueError(
-                f"ActNorm expects {self.num_fields} fields x {self.field_size} channels = "
-                f"{self.num_fields * self.field_size} channels, got shape {tuple(x.shape)}"
-            )
-        return x.reshape(x.shape[0], self.num_fields, -1)
+    @classmethod
+    def for_fields(cls, field_type, *, shift: bool = True) -> "ActNorm":
+        """One scale (and shift) per field of the escnn ``field_type``."""
+        return cls(len(field_type), shift=shift, field_sizes=[rep.size for rep in field_type.representations])
+
+    def _per_channel(self, values: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """A per-field vector as ``(1, C, 1, ...)`` for broadcasting against ``x``."""
+        return values[self._field_of_channel].reshape((1, -1) + (1,) * (x.dim() - 2))
+
+    def _check(self, x: torch.Tensor) -> None:
+        if x.dim() < 2 or x.shape[1] != self.channels:
+            raise ValueError(f"ActNorm expects {self.num_fields} fields of {self.channels} channels in all, "
+                             f"got shape {tuple(x.shape)}")
 
     @torch.no_grad()
-    def _initialize(self, fields: torch.Tensor) -> None:
-        pooled = fields.transpose(0, 1).reshape(self.num_fields, -1)
+    def _initialize(self, x: torch.Tensor) -> None:
+        channels_last = x.transpose(0, 1).reshape(self.channels, -1)
+        per_field = lambda values: torch.zeros(self.num_fields, dtype=x.dtype, device=x.device).index_add_(  # noqa: E731
+            0, self._field_of_channel, values)
+        count = per_field(torch.full((self.channels,), channels_last.shape[1], dtype=x.dtype, device=x.device))
+        total, squares = per_field(channels_last.sum(dim=1)), per_field(channels_last.pow(2).sum(dim=1))
         if self.shift is not None:
-            self.shift.copy_(-pooled.mean(dim=1))
-            spread = pooled.std(dim=1)
+            mean = total / count
+            self.shift.copy_(-mean)
+            spread = ((squares - count * mean ** 2).clamp_min(0) / (count - 1).clamp_min(1)).sqrt()
         else:
-            spread = pooled.pow(2).mean(dim=1).sqrt()
+            spread = (squares / count).sqrt()
         self.log_scale.copy_(-torch.log(spread + self.eps))
         self.initialized.fill_(True)
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        fields = self._per_field(x)
+        self._check(x)
         if self.training and not self.initialized:
-            self._initialize(fields)
+            self._initialize(x)
         if self.shift is not None:
-            fields = fields + self.shift[:, None]
-        z = fields * self.log_scale.exp()[:, None]
-        logdet = self.log_scale.sum() * fields.shape[-1]
-        return z.reshape(x.shape), logdet.expand(x.shape[0])
+            x = x + self._per_channel(self.shift, x)
+        z = x * self._per_channel(self.log_scale.exp(), x)
+        positions = x[0, 0].numel()
+        sizes = self.log_scale.new_tensor(self.field_sizes)
+        logdet = (self.log_scale * sizes).sum() * positions
+        return z, logdet.expand(x.shape[0])
 
     def inverse(self, z: torch.Tensor) -> torch.Tensor:
-        fields = self._per_field(z) * torch.exp(-self.log_scale)[:, None]
+        self._check(z)
+        x = z * self._per_channel(torch.exp(-self.log_scale), z)
         if self.shift is not None:
-            fields = fields - self.shift[:, None]
-        return fields.reshape(z.shape)
+            x = x - self._per_channel(self.shift, z)
+        return x

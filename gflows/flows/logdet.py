@@ -106,8 +106,8 @@ def series_logdet(
 
 
 def _probe_for(x: torch.Tensor, probe: Optional[torch.Tensor]) -> torch.Tensor:
-    if probe is None:
-        return torch.randn_like(x)
+    if probe is None:  # in the logical order of x, whatever its memory layout (randn_like follows strides)
+        return torch.randn(x.shape, dtype=x.dtype, device=x.device)
     if probe.shape != x.shape:
         raise ValueError(f"probe must have the shape of x {tuple(x.shape)}, got {tuple(probe.shape)}")
     return probe.to(x)

@@ -62,7 +62,9 @@ class _MovedProbe:
     act: Callable[[torch.Tensor], torch.Tensor]
 
     def __call__(self, g, x, probe=None):
-        return self.estimator(g, x, probe=self.act(torch.randn_like(x)))
+        # drawn in the logical order of x, whatever its memory layout (randn_like follows the strides,
+        # and a rotated input's are permuted), so that the same numbers land on the same entries
+        return self.estimator(g, x, probe=self.act(torch.randn(x.shape, dtype=x.dtype, device=x.device)))
 
 
 @contextlib.contextmanager
