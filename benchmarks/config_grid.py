@@ -10,12 +10,10 @@ the only kind that builds them with the same architecture (a coupling or IAF of 
 cannot squeeze 2x2 blocks: on one channel it has no fields to split, on three a different, far smaller
 network).
 
-**Widths.** The width rule (:func:`gflows.nn.hidden_fields`) gives regular fields of about the
-parameter count of an ordinary hidden layer, which holds for hidden-to-hidden layers; the first and
-last layers of a conditioner grow like the number of fields, so the rule alone leaves equivariant
-couplings with a third to a half of their twin's parameters. Each configuration's ``width`` is
-therefore the one whose model has the parameter count closest to the trivial twin's (the rule's width
-is kept in the file for reference).
+**Widths.** Every configuration of a dataset and kind has the same ``width``: ``models.build`` gives an
+equivariant model the hidden fields (regular fields topped up with scalar fields) whose parameter
+count is closest to its trivial twin's (:func:`gflows.models.matched_hidden`); the table lists the
+fields it chose and the ratio it reached.
 
 **Throughput.** ``--throughput`` times training steps (Adam on -log p with the training log-det
 estimator, 2 warm-up steps then ``--steps``) of every configuration's full-size model: on a CPU with
@@ -27,7 +25,6 @@ the configuration's batch size, which also gives the expected GPU hours of the r
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import sys
 from pathlib import Path
@@ -49,10 +46,10 @@ DATASETS = {  # name (base: gflows/configs/_NAME.yaml) -> (description, model si
     "cifar10": ("CIFAR-10, upright", "large"),
     "cifar10-rot": ("CIFAR-10 rotated by multiples of 90 degrees", "large"),
 }
-SIZES = {
-    "small": {"residual": dict(depth=8, width=32), "coupling": dict(depth=8, width=32, hidden_layers=2),
+SIZES = {  # residual: depth blocks at each of its (2) scales
+    "small": {"residual": dict(depth=4, width=32), "coupling": dict(depth=8, width=32, hidden_layers=2),
               "iaf": dict(depth=8, width=32, hidden_layers=2)},
-    "large": {"residual": dict(depth=16, width=64), "coupling": dict(depth=8, width=96, hidden_layers=2),
+    "large": {"residual": dict(depth=8, width=64), "coupling": dict(depth=8, width=96, hidden_layers=2),
               "iaf": dict(depth=8, width=96, hidden_layers=2)},
 }
 GROUPS = {"residual": ("trivial", "C4", "D4", "C8", "D8"), "coupling": ("trivial", "C4", "D4"), "iaf": ("trivial", "C4", "D4")}
@@ -60,56 +57,24 @@ TITLES = {"residual": "G-Residual flow", "coupling": "G-Coupling flow", "iaf": "
 README = experiment.CONFIGS / "README.md"
 
 
-@functools.lru_cache(maxsize=None)
-def parameters(kind: str, group: str, shape, **hparams) -> int:
-    """Parameter count of ``models.build(kind, group, shape, **hparams)`` (remembered: datasets share shapes)."""
-    return sum(p.numel() for p in models.build(kind, group=group, data_shape=shape, **hparams).parameters())
-
-
-def matched_width(kind: str, group: str, shape, target: int, depth: int, start: int, **hparams) -> int:
-    """The smallest width whose model's parameter count is closest to ``target``, searched from ``start``.
-
-    Counts are affine in an even depth (blocks alternate between two parities), so widths are
-    compared at depths 2 and 4 and extrapolated. The count grows with the width: doubling from
-    ``start`` brackets the first width at or above the target, a bisection finds it, and its
-    predecessor is the other candidate.
-    """
-    counts: Dict[int, int] = {}
-
-    def count(width: int) -> int:
-        if width not in counts:
-            two, four = (parameters(kind, group, shape, depth=d, width=width, **hparams) for d in (2, 4))
-            counts[width] = two + (depth - 2) // 2 * (four - two)
-        return counts[width]
-
-    low, high = 1, start
-    while count(high) < target:
-        low, high = high + 1, 2 * high
-    while low < high:
-        middle = (low + high) // 2
-        low, high = (middle + 1, high) if count(middle) < target else (low, middle)
-    return min((w for w in (low - 1, low) if w >= 1), key=lambda w: (abs(count(w) - target), w))
-
-
 def grid() -> List[Dict[str, object]]:
-    """Every configuration of the grid with its matched width and parameter count."""
+    """Every configuration of the grid with its parameter count and the hidden fields build chose."""
     entries = []
     for dataset, (description, size) in DATASETS.items():
         shape = experiment.DATA_SHAPES[experiment.read(f"_{dataset}")["data"]["name"]]
         for kind, hparams in SIZES[size].items():
-            twin = parameters(kind, "trivial", shape, **hparams)
-            extra = {k: v for k, v in hparams.items() if k not in ("depth", "width")}
             for group in GROUPS[kind]:
-                width = hparams["width"] if group == "trivial" else matched_width(
-                    kind, group, shape, twin, hparams["depth"], start=hparams["width"], **extra)
-                count = parameters(kind, group, shape, depth=hparams["depth"], width=width, **extra)
-                rule = parameters(kind, group, shape, **hparams)
+                # the architecture the group allows (45-degree rotations: no squeeze), for the twin too
+                settings = models.twin_arguments(kind, group, shape, **hparams) if group in ("C8", "D8") else dict(hparams)
+                twin = models.parameter_count(models.build(kind, group="trivial", data_shape=shape, **settings))
+                hidden = models.matched_hidden(kind, group, shape, **settings) if group != "trivial" else None
+                count = models.parameter_count(models.build(kind, group=group, data_shape=shape, **settings))
                 entries.append(dict(name=f"{dataset}-{kind}-{group}", dataset=dataset, description=description, kind=kind,
-                                    group=group, model=dict(kind=kind, group=group, depth=hparams["depth"], width=width, **extra),
-                                    rule_width=hparams["width"], parameters=count, twin_parameters=twin,
-                                    rule_parameters=rule))
-                print(f"{entries[-1]['name']:32s} width {width:4d} parameters {count:8d} ({count / twin:.3f} x twin; "
-                      f"width rule alone {rule / twin:.3f})", flush=True)
+                                    group=group, model=dict(kind=kind, group=group, **settings), parameters=count,
+                                    twin_parameters=twin,
+                                    hidden=f"{hidden.regular} regular + {hidden.trivial} scalar" if hidden else f"{hparams['width']} channels"))
+                print(f"{entries[-1]['name']:32s} {entries[-1]['hidden']:22s} parameters {count:8d} ({count / twin:.3f} x twin)",
+                      flush=True)
     return entries
 
 
@@ -141,17 +106,19 @@ def measure(entries: List[Dict[str, object]], device: str, cpu_batch: int, steps
         print(f"{entry['name']:32s} {speed['images_per_s']:9.2f} images/s (batch {batch}), peak {speed['peak_memory_mb']:.0f} MB", flush=True)
 
 
-def _measured(name: str) -> Dict[str, object]:
-    """The ``expected`` block of an existing configuration file (kept when not re-measured)."""
-    path = experiment.CONFIGS / f"{name}.yaml"
-    return (yaml.safe_load(path.read_text()) or {}).get("expected", {}) if path.exists() else {}
+def _measured(entry: Dict[str, object]) -> Dict[str, object]:
+    """The ``expected`` block of the existing configuration file, if it describes the same model
+    (measurements of another model are dropped)."""
+    path = experiment.CONFIGS / f"{entry['name']}.yaml"
+    old = (yaml.safe_load(path.read_text()) or {}) if path.exists() else {}
+    return old.get("expected", {}) if old.get("model") == entry["model"] else {}
 
 
 def write(entries: List[Dict[str, object]]) -> None:
     """Write one YAML file per entry, and the README table."""
     rows = []
     for entry in entries:
-        old = _measured(entry["name"])
+        old = _measured(entry)
         cpu, gpu = entry.get("cpu"), entry.get("cuda")
         expected = {
             "parameters": entry["parameters"],
@@ -168,8 +135,8 @@ def write(entries: List[Dict[str, object]]) -> None:
             f"# Generated by benchmarks/config_grid.py; change the grid there, the data and training in the base.\n"
             f"base: _{entry['dataset']}\n"
             f"model:\n{model}\n"
-            f"# width {entry['model']['width']}: the parameter count of the trivial twin (width {entry['rule_width']}); "
-            f"the width rule alone gives {entry['rule_parameters'] / entry['twin_parameters']:.3f} x.\n"
+            f"# hidden fields chosen by models.build: {entry['hidden']} ({entry['parameters']} parameters, "
+            f"{entry['parameters'] / entry['twin_parameters']:.3f} x the trivial twin).\n"
             f"# gpu_*: null until a GPU run of `python benchmarks/config_grid.py --throughput --device cuda` fills them;\n"
             f"# gpu_hours = steps * batch_size / gpu_images_per_s / 3600 (training only). CPU figures: batch\n"
             f"# and machine in cpu_measured_on, only comparable with each other.\n"
@@ -182,28 +149,31 @@ def write(entries: List[Dict[str, object]]) -> None:
         "",
         "Run one with `python -m gflows.train --config NAME` (see the README's *Training* section). Files starting",
         "with `_` are the bases: data and training settings of a dataset. The others are generated by",
-        "`benchmarks/config_grid.py`, which matches each equivariant model's width to the parameter count of its",
-        "trivial twin and measures training throughput (`expected` in each file).",
+        "`benchmarks/config_grid.py`: every model of a dataset and kind has the same `width`, and `models.build`",
+        "gives each equivariant model the hidden fields that match its trivial twin's parameter count (the table",
+        "says which); `--throughput` measures training throughput (`expected` in each file).",
         "",
         "- **-rot** datasets: every training image is moved by a random rotation by a multiple of 90 degrees (C4),",
         "  afresh each epoch, and the group metrics average over C4; on upright `cifar10` they average over D4",
         "  (the test set rotated and flipped). `--override train.augment=D4 train.eval_group=D4` adds flips.",
         "- **C8, D8**: G-Residual flows only. Their 45-degree rotations act on pixels only approximately",
-        "  (interpolation), so these models are exactly equivariant to their C4 / D4 subgroup; couplings and IAFs",
-        "  of these groups cannot squeeze 2x2 blocks and are a different, much smaller network, so they are left out.",
+        "  (interpolation), so these models are exactly equivariant to their C4 / D4 subgroup, and they cannot",
+        "  squeeze 2x2 blocks: they run at full resolution (`squeezes: 0`), and their `vs trivial` compares with",
+        "  the full-resolution trivial twin (`--override model.squeezes=0`). Couplings and IAFs of these groups",
+        "  would be a different, much smaller network, so they are left out.",
         "- **GPU hours**: not measured yet (no GPU was available when the grid was made); a GPU run of",
         "  `python benchmarks/config_grid.py --throughput --device cuda` fills them in. CPU figures come from the machine",
         "  named below, which other jobs shared while it ran (so they are noisy), at a small batch, and",
         "  only compare configurations with each other.",
         "",
-        "| configuration | width | parameters | vs trivial | width rule alone | CPU images/s | GPU hours |",
+        "| configuration | width | hidden fields | parameters | vs trivial | CPU images/s | GPU hours |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for entry, expected in rows:
         cpu = expected["cpu_images_per_s"]
         hours = expected["gpu_hours"]
-        lines.append(f"| `{entry['name']}` | {entry['model']['width']} | {entry['parameters']} | "
-                     f"{expected['parameters_vs_trivial']:.3f} | {entry['rule_parameters'] / entry['twin_parameters']:.3f} | "
+        lines.append(f"| `{entry['name']}` | {entry['model']['width']} | {entry['hidden']} | {entry['parameters']} | "
+                     f"{expected['parameters_vs_trivial']:.3f} | "
                      f"{'-' if cpu is None else cpu} | {'not measured' if hours is None else hours} |")
     notes = {n for _, e in rows for n in (e["cpu_measured_on"], e["gpu_measured_on"]) if n}
     lines += ["", *[f"- {note}" for note in sorted(notes)], ""]

@@ -3,9 +3,8 @@
     python benchmarks/train_throughput.py --out benchmarks/results/train_throughput_gpu.json   # CIFAR-10 at 3x32x32
     python benchmarks/train_throughput.py --quick --out benchmarks/results/train_throughput_cpu.json   # digits, seconds
 
-For every kind (residual, coupling, iaf) and group (trivial first): the model at ``--depth``, its
-width matched to the trivial twin's parameter count (``config_grid.matched_width``; ``--width`` is
-the twin's), then
+For every kind (residual, coupling, iaf) and group (trivial first): the model at ``--depth`` and
+``--width``, whose hidden fields ``models.build`` matches to the trivial twin's parameter count, then
 
 * images/s and peak memory of training steps (``common.training_step_speed``: Adam on -log p with
   the training log-det estimator; CUDA's allocator peak on a GPU, the process's peak resident set on
@@ -27,7 +26,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import in_child, parser, report, training_step_speed  # noqa: E402
-from config_grid import matched_width, parameters  # noqa: E402
 
 from gflows import checks, models, train  # noqa: E402
 from gflows.data import images  # noqa: E402
@@ -41,13 +39,13 @@ def measure(kind: str, group: str, args) -> Dict[str, object]:
     train_set, test_set = images.load(args.dataset, "train", download=args.download), images.load(args.dataset, "test", download=args.download)
     test_set = images.subset(test_set, size=min(args.test_size, len(test_set)))
     shape = train_set.shape
-    twin = parameters(kind, "trivial", shape, depth=args.depth, width=args.width)
-    width = args.width if group == "trivial" else matched_width(kind, group, shape, twin, args.depth, start=args.width)
+    settings = models.twin_arguments(kind, group, shape, depth=args.depth, width=args.width)
+    twin = models.parameter_count(models.build(kind, group="trivial", data_shape=shape, **settings))
     torch.manual_seed(0)
-    model = models.build(kind, group=group, data_shape=shape, depth=args.depth, width=width).to(device)
+    model = models.build(kind, group=group, data_shape=shape, **settings).to(device)
     batch = next(images.epoch_batches(train_set, args.batch, seed=0, epoch=0)).to(device)
-    result = {"kind": kind, "group": group, "shape": "x".join(map(str, shape)), "width": width,
-              "parameters": sum(p.numel() for p in model.parameters()), "twin_parameters": twin}
+    result = {"kind": kind, "group": group, "shape": "x".join(map(str, shape)), "width": args.width,
+              "parameters": models.parameter_count(model), "twin_parameters": twin}
     result.update(training_step_speed(model, batch, args.steps))
     model.eval()
     with torch.no_grad():
@@ -57,7 +55,7 @@ def measure(kind: str, group: str, args) -> Dict[str, object]:
         return history[-1]["step"] == step and history[-1]["test_bpd"] <= args.target_bpd
 
     torch.manual_seed(0)
-    model = models.build(kind, group=group, data_shape=shape, depth=args.depth, width=width)
+    model = models.build(kind, group=group, data_shape=shape, **settings)
     options = train.Options(steps=args.max_steps, batch_size=args.batch, lr=args.lr, warmup_steps=0, eval_every=args.eval_every,
                             eval_batch_size=256, group_metrics=False, ema_decay=0.99, progress=False, device=args.device)
     history = train.fit(model, train_set, test_set, options, callback=reached).history

@@ -87,6 +87,22 @@ except ImportError as error:  # pragma: no cover - exercised only on a broken in
         "    pip install --no-deps escnn==1.0.11"
     ) from error
 
+# escnn reads every Clebsch-Gordan coefficient of a kernel basis from its joblib disk cache, once per
+# call: two thirds of the time of building a model with many convolutions. They are constants of the
+# group, so they are kept in memory after the first read (a copy is returned: callers may write).
+_disk_clebsh_gordan = escnn.group.Group._clebsh_gordan_coeff
+
+
+def _clebsh_gordan_in_memory(self, m, n, j):
+    key = (self.get_irrep_id(m), self.get_irrep_id(n), self.get_irrep_id(j))
+    memo = self.__dict__.setdefault("_gflows_clebsh_gordan", {})
+    if key not in memo:
+        memo[key] = _disk_clebsh_gordan(self, m, n, j)
+    return memo[key].copy()
+
+
+escnn.group.Group._clebsh_gordan_coeff = _clebsh_gordan_in_memory
+
 # escnn solves for steerable kernel bases with scikit-learn's randomized SVD whenever scikit-learn is
 # importable. That is unseeded (bases would differ between runs) and, with scikit-learn >= 1.9, fails
 # on the np.matrix escnn passes ("np.matrix is not supported") for dihedral groups. The exact

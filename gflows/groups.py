@@ -178,8 +178,11 @@ class Group:
         moved = move_pixels(x, a)
         if field_type is None or _is_trivial(field_type):
             return moved
-        rho = torch.as_tensor(field_type.representation(g), dtype=x.dtype, device=x.device)
-        return torch.einsum("oc,bchw->bohw", rho, moved)
+        rho = field_type.representation(g)
+        rounded = np.round(rho)
+        if np.allclose(rho, rounded, atol=1e-9):  # a (signed) permutation computed through a change of basis:
+            rho = rounded                          # its exact entries make the action exact (no round-off)
+        return torch.einsum("oc,bchw->bohw", torch.as_tensor(rho, dtype=x.dtype, device=x.device), moved)
 
     def _interpolated_action(self, x: torch.Tensor, g: GroupElement, field_type) -> torch.Tensor:
         if field_type is None:

@@ -84,6 +84,6 @@ def test_docstrings_hold_no_control_characters():
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
                 doc = ast.get_docstring(node, clean=False) or ""
-                if any(ch in doc for ch in "\x07\x08\x0b\x0c\r"):
+                if any(ch in doc for ch in "\x07\x08\x0b\x0c\r\t"):
                     broken.append(f"{path.relative_to(ROOT)}: {getattr(node, 'name', 'module')}")
     assert not broken, f"make these docstrings raw (r\"\"\"...): {broken}"

@@ -184,10 +184,12 @@ def test_every_block_and_the_model_are_equivariant_in_float32():
         with logdet_estimator(model, Exact()):
             checks.assert_equivariant(model, x, G)  # relative tolerance 1e-5 in float32
         h = model.flow[0](x)[0]  # after the logit
+        state = G.scalar_fields(1)   # how the state between layers transforms: it changes at every squeeze
         for layer in model.flow.layers[1:]:
+            out_state = getattr(layer, "out_type", state)
             with logdet_estimator(layer, Exact()):
-                checks.assert_equivariant(layer, h, G)
-            h = layer(h)[0]
+                checks.assert_equivariant(layer, h, G, in_field_type=state, out_field_type=out_state)
+            h, state = layer(h)[0], out_state
 
 
 def test_log_prob_is_invariant_on_28x28_images():
@@ -212,7 +214,7 @@ def test_point_branch_is_equivariant_for_every_element():
     checks.assert_equivariant(g.eval(), x, G)
 
 
-def test_build_errors_and_the_width_rule():
+def test_build_errors():
     with pytest.raises(ValueError, match="unknown model kind"):
         models.build("glow", group="C4", data_shape=(1, 8, 8))
     with pytest.raises(ValueError, match="H == W"):
@@ -226,11 +228,6 @@ def test_build_errors_and_the_width_rule():
     model = models.build("residual", group="C4", data_shape=(1, 8, 8), depth=1, width=8)
     with pytest.raises(ValueError, match=r"\(B, 1, 8, 8\)"):
         model.log_prob(torch.rand(2, 1, 9, 9))
-    counts = {
-        name: sum(p.numel() for p in models.build("residual", group=name, data_shape=(1, 8, 8), depth=1, width=32).parameters())
-        for name in ("trivial", "C4", "D4", "C8")
-    }
-    assert all(0.5 < count / counts["trivial"] < 2 for count in counts.values()), counts
 
 
 def test_the_probe_does_not_depend_on_the_memory_layout_of_the_input():

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from ..groups import Group, get
+from .logdet import canonical_inputs
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -188,11 +189,18 @@ class FlowModel(nn.Module):
             raise ValueError(f"{name} holds NaN or infinite values")
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Data ``(B, *data_shape)`` -> latent of the same shape and ``logdet`` ``(B,)``."""
+        """Data ``(B, *data_shape)`` -> latent of the same shape and ``logdet`` ``(B,)``.
+
+        In evaluation mode the stochastic log-dets that can (:class:`~gflows.flows.logdet.MovingProbeSeries`)
+        draw their probes from canonical forms of this data batch, so ``log_prob`` is a deterministic,
+        exactly invariant function of x."""
         self._check(x)
         if len(x) == 0:
             return x.clone(), x.new_zeros(0)
-        return self.flow(x)
+        if self.training or len(self.data_shape) != 3:
+            return self.flow(x)
+        with canonical_inputs(self.group, x):
+            return self.flow(x)
 
     def inverse(self, z: torch.Tensor) -> torch.Tensor:
         """Latent -> data."""

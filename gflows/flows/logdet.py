@@ -9,6 +9,9 @@ and each trace is estimated by Hutchinson's :math:`\operatorname{tr}(A) = \mathb
 
 * :class:`Exact`: the full Jacobian and ``slogdet`` (D backward passes; small inputs, toy points).
 * :class:`PowerSeries`: the first ``n_terms`` terms (biased by the truncation; deterministic given v).
+* :class:`MovingProbeSeries`: the same with one fixed probe per sample that moves with the input
+  (a canonical group element of the sample picks it), so the estimate is a deterministic function of
+  x and exactly invariant on exact elements: the evaluation default of G-Residual image flows.
 * :class:`RussianRoulette`: the unbiased estimator of Chen et al. (2019). Draw
   :math:`N\sim\mathrm{Geometric}(p)` on :math:`\{0, 1, \dots\}`, keep ``n_exact_terms`` terms and
   :math:`N` more, and divide term :math:`k` by :math:`P(N \ge k - n_\text{exact}) = (1-p)^{k-n_\text{exact}}`.
@@ -29,12 +32,18 @@ and exactly when the probe is transformed with the input (``probe=`` argument).
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
+import struct
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
+
+from ..groups import Group
 
 Residual = Callable[[torch.Tensor], torch.Tensor]
 
@@ -139,6 +148,115 @@ class PowerSeries:
         probe = _probe_for(x, probe)
         weights = [1.0] * self.n_terms
         return _evaluate(g, x, lambda gx, xi, cg: series_logdet(gx, xi, probe, weights, neumann_gradient=False, create_graph=cg))
+
+
+@lru_cache(maxsize=64)
+def _fixed_normal(seed: int, shape: Tuple[int, ...], dtype: torch.dtype, device: str) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(shape, generator=generator, dtype=torch.float64).to(dtype=dtype, device=device)
+
+
+class _CanonicalInputs:
+    """The data batch of a model's evaluation pass, and (computed once, when a block asks) the
+    canonical element and the seed key of each sample (:func:`canonical_keys`)."""
+
+    def __init__(self, group: Group, x: torch.Tensor) -> None:
+        self.group, self.x, self._keys = group, x, None
+
+    def keys(self):
+        if self._keys is None:
+            self._keys = canonical_keys(self.group, self.x)
+        return self._keys
+
+
+_CANONICAL: contextvars.ContextVar = contextvars.ContextVar("gflows_canonical_inputs", default=None)
+
+
+@contextlib.contextmanager
+def canonical_inputs(group: Group, x: torch.Tensor):
+    """Within the block, :class:`MovingProbeSeries` takes every sample's canonical element and seed from
+    the data batch ``x`` (on which ``group`` acts exactly, by permuting pixels) rather than from its
+    own input. :class:`~gflows.flows.base.FlowModel` does this in evaluation mode."""
+    token = _CANONICAL.set(_CanonicalInputs(group, x.detach()))
+    try:
+        yield
+    finally:
+        _CANONICAL.reset(token)
+
+
+def canonical_keys(group: Group, x: torch.Tensor, field_type=None):
+    r"""``(elements, best, keys)``: the exact elements of ``group``, and for every sample of ``x`` the
+    index of the element g maximising :math:`\langle w, g\cdot x\rangle` (w a fixed standard normal
+    tensor) and the exact bits of that maximum. For ``h x`` (h exact) the scores are the same numbers
+    permuted, so the key is the same and the element is :math:`g^* h^{-1}`."""
+    elements = group.exact_elements()
+    w = _fixed_normal(0, tuple(x.shape[1:]), x.dtype, str(x.device))
+    scores = torch.stack([(group.act_image(x, g, field_type) * w).flatten(1).sum(1) for g in elements]).double()
+    best = scores.argmax(0).tolist()
+    keys = [int.from_bytes(struct.pack("<d", value), "little") for value in scores.max(0).values.tolist()]
+    return elements, best, keys
+
+
+@dataclass(frozen=True, eq=False)
+class MovingProbeSeries:
+    r"""The first ``n_terms`` terms of the series with a probe that moves with the input.
+
+    Every sample x of the data batch gets a canonical element :math:`g^*(x)` of the exact elements of
+    ``group`` and a key :math:`s^*(x)` (:func:`canonical_keys`); the probe of this block is
+    :math:`v(x) = g^*(x)^{-1}\cdot v_0`, :math:`v_0` a standard normal tensor seeded by the key and
+    ``seed`` (one per block). For an exact element h, :math:`s^*(h x) = s^*(x)` and
+    :math:`g^*(h x) = g^*(x) h^{-1}` exactly (the data's action permutes numbers), so
+    :math:`v(h x) = h\cdot v(x)`: for an equivariant flow, where the block's input at :math:`h x` is h
+    applied to its input at x and its Jacobian :math:`A_h J A_h^{-1}`, every term :math:`v^\top J^k v`,
+    hence the estimate, is **the same at x and at h x** (to float round-off), and the same x always
+    gets the same number. Different inputs get different, independent-looking probes, so over a data
+    set the single-probe errors average out as with fresh probes (unbiased up to the truncation,
+    :math:`O(\mathrm{Lip}^{n+1}/(n+1))` per dimension) instead of repeating one probe's error.
+
+    The canonical keys come from the data batch inside :func:`canonical_inputs` (which
+    :class:`~gflows.flows.base.FlowModel` opens in evaluation mode); a block used on its own takes them
+    from its own input, which is as good when that input is acted on exactly.
+
+    Args:
+        group: the group the branch is equivariant to; its exact elements are used.
+        field_type: escnn ``FieldType`` of the branch's input (how a group element moves the probe).
+        n_terms: terms of the series.
+        seed: this block's probes (with the keys).
+    A ``probe=`` given at the call is used as it is (e.g. the trainer's moved probes).
+    """
+
+    group: Group
+    field_type: object
+    n_terms: int = 20
+    seed: int = 0
+
+    #: the estimate at g x equals the one at x by construction (the trainer need not move the probe)
+    moves_with_input = True
+
+    def probe(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, ...)``: the probe of every sample of ``x``."""
+        context = _CANONICAL.get()
+        if context is not None and context.group is self.group and len(context.x) == len(x):
+            elements, best, keys = context.keys()
+        else:
+            elements, best, keys = canonical_keys(self.group, x, self.field_type)
+        shape, probe = tuple(x.shape[1:]), torch.empty_like(x)
+        for k, g in enumerate(elements):
+            chosen = [b for b, index in enumerate(best) if index == k]
+            if chosen:
+                start = torch.stack([_normal_of(self.seed, keys[b], shape, x) for b in chosen])
+                probe[chosen] = self.group.act_image(start, ~g, self.field_type)
+        return probe
+
+    def __call__(self, g: Residual, x: torch.Tensor, probe: Optional[torch.Tensor] = None):
+        probe = self.probe(x.detach()) if probe is None else probe
+        return PowerSeries(self.n_terms)(g, x, probe)
+
+
+def _normal_of(seed: int, key: int, shape: Tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+    """A standard normal tensor decided by ``seed`` and ``key``."""
+    generator = torch.Generator().manual_seed((key ^ ((seed + 1) * 0x9E3779B97F4A7C15)) % 2**63)
+    return torch.randn(shape, generator=generator, dtype=torch.float64).to(dtype=like.dtype, device=like.device)
 
 
 @dataclass(frozen=True)

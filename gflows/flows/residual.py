@@ -54,6 +54,12 @@ class ResidualBlock(Flow):
         self.inverse_tolerance, self.max_iterations = inverse_tolerance, max_iterations
 
     @property
+    def in_type(self):
+        """The escnn ``FieldType`` of the input (that of the branch's first layer), ``None`` if unknown."""
+        first = self.g[0] if isinstance(self.g, nn.Sequential) and len(self.g) else self.g
+        return getattr(first, "in_type", None)
+
+    @property
     def estimator(self):
         """The log-det estimator of the current mode."""
         return self.train_estimator if self.training else self.eval_estimator

@@ -77,40 +77,65 @@ def corner_permutation(matrix: np.ndarray) -> np.ndarray:
 def _intertwiners(matrices: List[np.ndarray], irrep) -> np.ndarray:
     """Orthonormal basis (columns) of {M : rho(g) M = M psi(g) for all g}, flattened column-major."""
     d = irrep.size
-    rows = [np.kron(np.eye(d), rho) - np.kron(irrep(g).T, np.eye(4)) for g, rho in matrices]
+    n = matrices[0][1].shape[0]
+    rows = [np.kron(np.eye(d), rho) - np.kron(irrep(g).T, np.eye(n)) for g, rho in matrices]
     _, singular, vt = np.linalg.svd(np.concatenate(rows))
     rank = int((singular > 1e-9).sum())
     return vt[rank:].T
 
 
-def _decompose(group: Group) -> Tuple[list, np.ndarray]:
-    """Irreps (escnn ids) and an orthogonal Q with P(g) = Q (direct sum of irreps)(g) Q^T."""
+def _null_space(a: np.ndarray) -> np.ndarray:
+    _, singular, vt = np.linalg.svd(a)
+    rank = int((singular > 1e-9).sum())
+    return vt[rank:].T
+
+
+def _copies(basis: np.ndarray, n: int, d: int) -> List[np.ndarray]:
+    r"""Isometric intertwiners ``n x d`` with mutually orthogonal images, as many as the multiplicity.
+
+    Any non-zero intertwiner M from an irrep has :math:`M^\top M = aI` (it commutes with the irrep
+    and is symmetric positive), so M/sqrt(a) is an isometric copy; the intertwiners whose image is
+    orthogonal to it form the next, smaller, intertwiner space (Gram-Schmidt over copies).
+    """
+    copies = []
+    while basis.shape[1]:
+        M = basis[:, 0].reshape(d, n).T
+        gram = M.T @ M
+        assert np.allclose(gram, gram[0, 0] * np.eye(d), atol=1e-9)
+        M = M / np.sqrt(gram[0, 0])
+        copies.append(M)
+        overlaps = np.stack([(M.T @ basis[:, i].reshape(d, n).T).ravel() for i in range(basis.shape[1])], axis=1)
+        basis = basis @ _null_space(overlaps)
+        basis = np.linalg.qr(basis)[0] if basis.shape[1] else basis
+    return copies
+
+
+def decompose(group: Group, matrices: List[Tuple[object, np.ndarray]]) -> Tuple[list, np.ndarray]:
+    r"""Irreps (escnn ids) and an orthogonal Q with :math:`\rho(g) = Q\,(\bigoplus_i \psi_i(g))\,Q^\top`
+    for an orthogonal representation given as ``[(element, matrix)]`` over every element of ``group``
+    (every multiplicity; the decomposition is checked exactly)."""
     fiber = group.gspace.fibergroup
-    matrices = [(g, corner_permutation(group.matrix(g))) for g in fiber.elements]
+    n = matrices[0][1].shape[0]
     ids, columns = [], []
     for irrep in fiber.irreps():
-        basis = _intertwiners(matrices, irrep)
-        if irrep.size == 1:
-            copies = [basis[:, i:i + 1] for i in range(basis.shape[1])]
-        elif basis.shape[1] == 0:
-            copies = []
-        elif basis.shape[1] <= irrep.size:  # multiplicity one (its commutant has dimension <= size)
-            M = basis[:, 0].reshape(irrep.size, 4).T
-            copies = [M / np.sqrt((M.T @ M)[0, 0])]
-        else:  # pragma: no cover - never happens for the corner representation of a planar group
-            raise NotImplementedError(f"irrep {irrep.name} occurs more than once in the corner representation")
+        copies = _copies(_intertwiners(matrices, irrep), n, irrep.size)
         ids += [irrep.id] * len(copies)
         columns += copies
     Q = np.concatenate(columns, axis=1)
-    for g, P in matrices:  # the decomposition is exact: check it once
-        block = np.zeros((4, 4))
+    for g, rho in matrices:
+        block = np.zeros((n, n))
         offset = 0
         for irrep_id in ids:
             irrep = fiber.irrep(*irrep_id)
             block[offset:offset + irrep.size, offset:offset + irrep.size] = irrep(g)
             offset += irrep.size
-        assert np.allclose(Q @ block @ Q.T, P, atol=1e-10) and np.allclose(Q.T @ Q, np.eye(4), atol=1e-10)
+        assert offset == n and np.allclose(Q @ block @ Q.T, rho, atol=1e-9) and np.allclose(Q.T @ Q, np.eye(n), atol=1e-9)
     return ids, Q
+
+
+def _decompose(group: Group) -> Tuple[list, np.ndarray]:
+    """Irreps (escnn ids) and an orthogonal Q with P(g) = Q (direct sum of irreps)(g) Q^T."""
+    return decompose(group, [(g, corner_permutation(group.matrix(g))) for g in group.gspace.fibergroup.elements])
 
 
 def check_squeezable(group: Group) -> None:
@@ -189,6 +214,110 @@ class Unsqueeze(Flow):
         super().__init__()
         self.squeeze = Squeeze(group, channels)
         self.in_type, self.out_type = self.squeeze.out_type, self.squeeze.in_type
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        return self.squeeze.inverse(x), x.new_zeros(x.shape[0])
+
+    def inverse(self, z: torch.Tensor) -> torch.Tensor:
+        return self.squeeze(z)[0]
+
+
+# ----------------------------------------------------------------------- squeezes in the pixel basis
+def _permutation(matrix: np.ndarray) -> Tuple[int, ...]:
+    """The permutation ``p`` of a permutation matrix: ``matrix[p[j], j] = 1``; ValueError otherwise."""
+    matrix = np.asarray(matrix)
+    if not (np.allclose(np.abs(matrix), matrix, atol=1e-9) and np.allclose(matrix.sum(0), 1) and
+            np.allclose(matrix.sum(1), 1) and np.all((np.abs(matrix) < 1e-9) | (np.abs(matrix - 1) < 1e-9))):
+        raise ValueError("a pixel-basis squeeze needs fields whose group elements act by permutation matrices "
+                         "(scalar, regular or permutation fields)")
+    return tuple(int(i) for i in np.argmax(matrix, axis=0))
+
+
+@lru_cache(maxsize=None)
+def permutation_representation(group: Group, permutations: Tuple[Tuple[int, ...], ...]):
+    """escnn ``Representation`` of ``group`` acting by permutation matrices: element ``k`` of
+    ``group.gspace.fibergroup.elements`` sends basis vector ``j`` to ``permutations[k][j]``.
+
+    Its change of basis splits it into irreps (:func:`decompose`); in its own basis every element is a
+    permutation, so pointwise non-linearities and a per-field shift are equivariant on it.
+    """
+    elements = list(group.gspace.fibergroup.elements)
+    n = len(permutations[0])
+    matrices = []
+    for g, permutation in zip(elements, permutations):
+        matrix = np.zeros((n, n))
+        matrix[list(permutation), list(range(n))] = 1.0
+        matrices.append((g, matrix))
+    ids, Q = decompose(group, matrices)
+    name = f"gflows_permutation_{group.name}_{abs(hash(permutations)):x}"
+    return Representation(group.gspace.fibergroup, name, ids, Q, ["pointwise"])
+
+
+def squeezed_fields(group: Group, field_type):
+    """What a 2x2 squeeze in the pixel basis makes of ``field_type`` (permutation fields of the
+    squeezable ``group``): ``(out_type, order)``.
+
+    After :func:`space_to_depth`, channel ``4j + k`` holds corner k of input channel j, and an element
+    g sends it to channel ``4 p_g(j) + pi_g(k)`` (p_g its permutation of the input channels, pi_g of the
+    corners). The orbits of these permutations are the output fields; ``order`` lists the channels
+    orbit by orbit, and each orbit transforms by the permutation representation of the group on it.
+    """
+    check_squeezable(group)
+    gspace = field_type.gspace
+    elements = list(gspace.fibergroup.elements)
+    channel_maps = [_permutation(field_type.representation(g)) for g in elements]
+    corner_maps = [_permutation(corner_permutation(group.matrix(g))) for g in elements]
+    size = 4 * field_type.size
+    moves = [[4 * p[j // 4] + c[j % 4] for j in range(size)] for p, c in zip(channel_maps, corner_maps)]
+    seen, orbits = set(), []
+    for start in range(size):
+        if start not in seen:
+            orbit = sorted({move[start] for move in moves})
+            seen.update(orbit)
+            orbits.append(orbit)
+    representations = []
+    for orbit in orbits:
+        position = {channel: i for i, channel in enumerate(orbit)}
+        local = tuple(tuple(position[move[channel]] for channel in orbit) for move in moves)
+        representations.append(permutation_representation(group, local))
+    order = [channel for orbit in orbits for channel in orbit]
+    return enn.FieldType(gspace, representations), order
+
+
+class PixelSqueeze(Flow):
+    """2x2 squeeze of permutation fields that stays in the pixel basis: ``space_to_depth`` followed by a
+    fixed reordering of the channels into orbit fields (:func:`squeezed_fields`). A permutation of the
+    numbers, so volume preserving (log-det 0) with an exact inverse; equivariant from ``in_type`` to
+    ``out_type``. Squeezed again, its orbit fields split into further orbit fields: the multiscale
+    G-Residual flow (:mod:`gflows.models.residual`) squeezes this way at every scale.
+    Shapes ``(B, C, H, W) -> (B, 4C, H/2, W/2)``, H and W even.
+    """
+
+    def __init__(self, group: Group, in_type) -> None:
+        super().__init__()
+        self.in_type = in_type
+        self.out_type, order = squeezed_fields(group, in_type)
+        field_of_channel = [i for i, rep in enumerate(in_type.representations) for _ in range(rep.size)]
+        starts = np.cumsum([0] + [rep.size for rep in self.out_type.representations])[:-1]
+        #: for each output field, the input field it was cut from (a squeeze never mixes fields)
+        self.parents = [field_of_channel[order[start] // 4] for start in starts]
+        self.register_buffer("order", torch.tensor(order), persistent=False)
+        self.register_buffer("unorder", torch.argsort(torch.tensor(order)), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        return space_to_depth(x)[:, self.order], x.new_zeros(x.shape[0])
+
+    def inverse(self, z: torch.Tensor) -> torch.Tensor:
+        return F.pixel_shuffle(z[:, self.unorder], 2)
+
+
+class PixelUnsqueeze(Flow):
+    """The inverse of a :class:`PixelSqueeze` as a layer: its orbit fields back to ``in_type`` at twice the size."""
+
+    def __init__(self, squeeze: PixelSqueeze) -> None:
+        super().__init__()
+        self.squeeze = squeeze
+        self.in_type, self.out_type = squeeze.out_type, squeeze.in_type
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         return self.squeeze.inverse(x), x.new_zeros(x.shape[0])

@@ -4,8 +4,16 @@
 
     model = models.build("residual", group="D4", data_shape=(1, 28, 28), depth=4, width=32)
 
-``group="trivial"`` gives the non-equivariant twin of the same code; hidden widths follow
-:func:`gflows.nn.hidden_fields`, so parameter counts stay comparable across groups.
+``group="trivial"`` gives the non-equivariant twin of the same code, with ``width`` hidden channels.
+
+**Like for like.** For any other group, ``build`` chooses the hidden fields (a
+:class:`~gflows.nn.Hidden`: regular fields, topped up with scalar fields) whose model has the
+parameter count closest to the trivial twin's with the same arguments (:func:`matched_hidden`), so
+``build(kind, group=G, width=w, ...)`` and ``build(kind, group="trivial", width=w, ...)`` are
+compared at equal size (within a few percent; ``tests/test_models.py`` asserts 10% for every kind,
+group and several widths). Where the group decides the architecture (groups of 45° rotations have no
+2x2 squeeze), the twin is built with the same choice, :func:`twin_arguments`. Passing ``hidden=``
+yourself skips the matching.
 """
 
 from __future__ import annotations
@@ -15,10 +23,14 @@ import inspect
 import typing
 from typing import Sequence, Union
 
+import torch
+
 from ..flows import FlowModel
 from ..flows.base import as_data_shape
 from ..groups import Group, get
+from ..nn import Hidden
 from . import autoregressive, coupling, residual
+from .images import can_squeeze
 
 KINDS = ("residual", "coupling", "iaf")
 _MODULES = {"residual": residual, "coupling": coupling, "iaf": autoregressive}
@@ -44,9 +56,91 @@ def build(kind: str, *, group: "str | Group" = "trivial", data_shape: Sequence[i
     data_shape = as_data_shape(data_shape)
     module = _MODULES[kind]
     _check_hparams(module.point_flow if data_shape == (2,) else module.image_flow, kind, data_shape, hparams)
+    if hparams.get("hidden") is None and G.order > 1:
+        hparams = {**hparams, "hidden": matched_hidden(kind, G, data_shape, **hparams)}
     return module.build(G, data_shape, **hparams)
 
 
+def twin_arguments(kind: str, group: "str | Group", data_shape: Sequence[int], **hparams) -> dict:
+    """``hparams`` with the choices that ``build`` makes from the group spelled out, so that
+    ``build(kind, group="trivial", **twin_arguments(...))`` has the same architecture as the model of
+    ``group``: the number of squeezes (a group of 45° rotations cannot squeeze, the trivial one can)."""
+    G = get(group) if isinstance(group, str) else group
+    data_shape = tuple(data_shape)
+    if data_shape == (2,):
+        return dict(hparams)
+    if kind == "residual" and hparams.get("squeezes") is None:
+        return {**hparams, "squeezes": min(residual.DEFAULT_SQUEEZES, residual.possible_squeezes(G, data_shape))}
+    if kind != "residual" and hparams.get("squeeze") is None and hparams.get("split", "fields") == "fields":
+        return {**hparams, "squeeze": can_squeeze(G, data_shape)}
+    return dict(hparams)
+
+
+def parameter_count(model) -> int:
+    """Trainable parameters of ``model``."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def matched_hidden(kind: str, group: "str | Group", data_shape: Sequence[int], **hparams) -> Hidden:
+    """The hidden fields that give ``kind`` for ``group`` the parameter count of its trivial twin.
+
+    The twin (``group="trivial"`` with :func:`twin_arguments`) fixes the target. The count grows with the
+    number of regular fields F, so the largest F whose model is not larger is found by bisection;
+    scalar fields then fill what is left (each adds far fewer parameters than a regular field), and
+    the closest of these, or of F + 1 regular fields, wins. Counts come from building the models at
+    the smallest depth that repeats the model's layers (one block per scale for residual flows, one
+    pair of alternating layers otherwise: the count of the full model is the same fixed part plus
+    depth times theirs), memoised per configuration, and without touching the random generators.
+    """
+    G = get(group) if isinstance(group, str) else group
+    counted = {k: v for k, v in twin_arguments(kind, G, data_shape, **hparams).items() if k != "hidden"}
+    counted["depth"] = min(counted.get("depth", _default(kind, data_shape, "depth")), 1 if kind == "residual" else 2)
+    counted.setdefault("width", _default(kind, data_shape, "width"))
+    key = (kind, G.name, tuple(data_shape), tuple(sorted((k, repr(v)) for k, v in counted.items())))
+    with torch.random.fork_rng(devices=[]):
+        return _matched_hidden(key, G, counted)
+
+
+def _matched_hidden(key, G: Group, hparams) -> Hidden:
+    kind, _, data_shape, _ = key
+    target = _count(key, get("trivial"), hparams, Hidden(hparams["width"]))
+    count = lambda regular, trivial=0: _count(key, G, hparams, Hidden(regular, trivial))  # noqa: E731
+    if count(1) >= target:
+        return Hidden(1)
+    low, high = 1, 2
+    while count(high) <= target:
+        low, high = high, high * 2
+    while high - low > 1:                       # count(low) <= target < count(high)
+        middle = (low + high) // 2
+        low, high = (middle, high) if count(middle) <= target else (low, middle)
+    few, many = 0, max(1, G.order)
+    while count(low, many) <= target:
+        few, many = many, many * 2
+    while many - few > 1:                       # count(low, few) <= target < count(low, many)
+        middle = (few + many) // 2
+        few, many = (middle, many) if count(low, middle) <= target else (few, middle)
+    candidates = [Hidden(low, few), Hidden(low, many), Hidden(high)]
+    return min(candidates, key=lambda h: (abs(_count(key, G, hparams, h) - target), h.trivial))
+
+
+_COUNTS: dict = {}
+
+
+def _count(key, G: Group, hparams, hidden: Hidden) -> int:
+    """Parameters of the model of ``key`` for group ``G`` with ``hidden`` (memoised)."""
+    memo = (key, G.name, hidden)
+    if memo not in _COUNTS:
+        kind, _, data_shape, _ = key
+        settings = {**hparams, "hidden": hidden}
+        _COUNTS[memo] = parameter_count(_MODULES[kind].build(G, data_shape, **settings))
+    return _COUNTS[memo]
+
+
+def _default(kind: str, data_shape, name: str):
+    """The default of hyperparameter ``name`` of ``kind``'s builder for ``data_shape``."""
+    module = _MODULES[kind]
+    builder = module.point_flow if tuple(data_shape) == (2,) else module.image_flow
+    return inspect.signature(builder).parameters[name].default
 def _check_hparams(builder, kind: str, data_shape, hparams) -> None:
     hints = typing.get_type_hints(builder)
     known = [name for name, p in inspect.signature(builder).parameters.items() if p.kind is p.KEYWORD_ONLY]

@@ -20,21 +20,21 @@ from typing import Optional
 from ..flows import FlowModel, Sequential
 from ..flows.autoregressive import AutoregressiveAffine
 from ..groups import Group
-from ..nn import hidden_fields
+from ..nn import Hidden, hidden_fields
 from ..nn.conditioners import MaskedConditioner
 from .coupling import point_flow
 from .images import image_stack
 
 
-def image_flow(G: Group, data_shape: tuple, *, depth: int = 8, width: int = 64, hidden_layers: int = 1,
-               kernel_size: int = 3, fast: str = "inverse", squeeze: Optional[bool] = None) -> Sequential:
+def image_flow(G: Group, data_shape: tuple, *, depth: int = 8, width: int = 64, hidden: Optional[Hidden] = None,
+               hidden_layers: int = 1, kernel_size: int = 3, fast: str = "inverse", squeeze: Optional[bool] = None) -> Sequential:
     """The autoregressive stack for images ``(C, H, W)``; equivariant to G on exact elements."""
 
     def layer(field_type, i):
         n = len(field_type)
-        hidden = G.regular_fields(max(hidden_fields(G, width), n - 1))
+        inner = (hidden or Hidden(hidden_fields(G, width))).at_least(n - 1).image_type(G)
         order = list(range(n)) if i % 2 == 0 else list(range(n))[::-1]
-        conditioner = MaskedConditioner(field_type, hidden, order, hidden_layers=hidden_layers, kernel_size=kernel_size)
+        conditioner = MaskedConditioner(field_type, inner, order, hidden_layers=hidden_layers, kernel_size=kernel_size)
         return AutoregressiveAffine(field_type, conditioner, fast=fast)
 
     return image_stack(G, data_shape, depth, layer, squeeze=squeeze)

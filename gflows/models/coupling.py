@@ -7,8 +7,9 @@ pixel checkerboard instead (no squeeze; refused where the group does not respect
 ``build(G, (2,), ...)``: couplings of the radius and the direction of a point, alternating
 (:class:`~gflows.flows.coupling.RadialCoupling`, :class:`~gflows.flows.coupling.AngularCoupling`).
 
-``G = groups.get("trivial")`` gives the ordinary RealNVP twin of the same code; hidden widths follow
-:func:`gflows.nn.hidden_fields`.
+``G = groups.get("trivial")`` gives the ordinary RealNVP twin of the same code; ``hidden`` (a
+:class:`~gflows.nn.Hidden`, default ``hidden_fields(G, width)`` regular fields) the hidden fields of
+the conditioners, which :func:`gflows.models.build` chooses to match the twin's parameter count.
 """
 
 from __future__ import annotations
@@ -19,19 +20,19 @@ from .._escnn import enn
 from ..flows import FlowModel, Sequential
 from ..flows.coupling import AffineCoupling, AngularCoupling, Checkerboard, FieldSplit, RadialCoupling
 from ..groups import Group
-from ..nn import hidden_fields, point_fields, point_regular_fields
+from ..nn import Hidden, hidden_fields, point_fields
 from ..nn.conditioners import EquivariantConditioner
 from .images import image_stack
 
 SPLITS = ("fields", "checkerboard")
 
 
-def image_flow(G: Group, data_shape: tuple, *, depth: int = 8, width: int = 64, hidden_layers: int = 1,
-               kernel_size: int = 3, split: str = "fields", squeeze: Optional[bool] = None) -> Sequential:
+def image_flow(G: Group, data_shape: tuple, *, depth: int = 8, width: int = 64, hidden: Optional[Hidden] = None,
+               hidden_layers: int = 1, kernel_size: int = 3, split: str = "fields", squeeze: Optional[bool] = None) -> Sequential:
     """The coupling stack for images ``(C, H, W)`` (module docstring); equivariant to G on exact elements."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    hidden = G.regular_fields(hidden_fields(G, width))
+    hidden = (hidden or Hidden(hidden_fields(G, width))).image_type(G)
 
     def coupling(field_type, i):
         if split == "checkerboard":
@@ -46,14 +47,15 @@ def image_flow(G: Group, data_shape: tuple, *, depth: int = 8, width: int = 64, 
     return image_stack(G, data_shape, depth, coupling, squeeze=False if split == "checkerboard" else squeeze)
 
 
-def point_flow(G: Group, *, depth: int = 4, width: int = 64, hidden_layers: int = 1, harmonics: int = 2) -> Sequential:
+def point_flow(G: Group, *, depth: int = 4, width: int = 64, hidden: Optional[Hidden] = None, hidden_layers: int = 1,
+               harmonics: int = 2) -> Sequential:
     """Alternating radial and angular couplings of points ``(B, 2)``; equivariant to every element of G."""
     if depth < 1:
         raise ValueError(f"depth must be >= 1, got {depth}")
     standard = point_fields(G)
     space = standard.gspace
     scalars = enn.FieldType(space, [space.trivial_repr])
-    direction_net = dict(hidden_type=point_regular_fields(G, hidden_fields(G, width)), hidden_layers=hidden_layers)
+    direction_net = dict(hidden_type=(hidden or Hidden(hidden_fields(G, width))).point_type(G), hidden_layers=hidden_layers)
     radius_net = dict(hidden_type=enn.FieldType(space, [space.trivial_repr] * width), hidden_layers=hidden_layers)
     layers = []
     for i in range(depth):

@@ -13,10 +13,11 @@ transform, so :func:`gflows.checks.equivariance_error` can act on inputs and out
 """
 
 from .activations import LipSwish
-from .fields import hidden_fields, point_coordinate_fields, point_fields, point_regular_fields
+from .fields import Hidden, hidden_fields, point_coordinate_fields, point_fields, point_regular_fields
 from .lipschitz import LipschitzConv, LipschitzLinear, update_lipschitz
 
 __all__ = [
+    "Hidden",
     "LipSwish",
     "LipschitzConv",
     "LipschitzLinear",

@@ -24,9 +24,50 @@ degrees of freedom), an ordinary layer of width :math:`W` has :math:`W^2`. Takin
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 from .._escnn import enn, gspaces
 from ..groups import Group
+
+
+@dataclass(frozen=True)
+class Hidden:
+    """The hidden features of a G-model: ``regular`` regular fields (:math:`|G|` channels each,
+    permuted by the group) followed by ``trivial`` scalar fields (one invariant channel each).
+
+    Both take pointwise non-linearities, so any mix is equivariant. :func:`gflows.models.build` chooses
+    the mix that gives a model the parameter count of its trivial twin (the scalar fields fine-tune
+    the count, since one regular field adds many parameters at once); for the trivial group both
+    kinds are plain channels.
+    """
+
+    regular: int
+    trivial: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("regular", "trivial"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"Hidden.{name} must be an integer >= 0, got {value!r}")
+        if self.regular + self.trivial < 1:
+            raise ValueError("a hidden layer needs at least one field")
+
+    def __len__(self) -> int:
+        return self.regular + self.trivial
+
+    def at_least(self, fields: int) -> "Hidden":
+        """The same mix with regular fields added until it has ``fields`` fields in all."""
+        return Hidden(max(self.regular, fields - self.trivial), self.trivial)
+
+    def image_type(self, group: Group):
+        """escnn ``FieldType`` on the pixel grid."""
+        space = group.gspace
+        return enn.FieldType(space, [space.regular_repr] * self.regular + [space.trivial_repr] * self.trivial)
+
+    def point_type(self, group: Group):
+        """escnn ``FieldType`` on no base space (hidden features of point models)."""
+        space = _point_space(group)
+        return enn.FieldType(space, [space.regular_repr] * self.regular + [space.trivial_repr] * self.trivial)
 
 
 def hidden_fields(group: Group, width: int) -> int:

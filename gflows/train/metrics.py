@@ -68,12 +68,16 @@ class _MovedProbe:
 
 
 @contextlib.contextmanager
-def moved_probes(model: torch.nn.Module, act: Callable[[torch.Tensor], torch.Tensor]):
-    """Within the block, every residual block's evaluation estimator moves its probe by ``act``."""
-    saved = [(block, block.eval_estimator) for block in residual_blocks(model)]
+def moved_probes(model: torch.nn.Module, act: Callable[[torch.Tensor, object], torch.Tensor]):
+    """Within the block, every residual block's evaluation estimator moves its probe by
+    ``act(probe, field_type)``, the field type being that of the block's input (a squeezed state's
+    fields move differently from the data's). Estimators whose probe already moves with the input
+    (``moves_with_input``, e.g. :class:`~gflows.flows.logdet.MovingProbeSeries`) are left as they are."""
+    saved = [(block, block.eval_estimator) for block in residual_blocks(model)
+             if not getattr(block.eval_estimator, "moves_with_input", False)]
     try:
         for block, estimator in saved:
-            block.eval_estimator = _MovedProbe(estimator, act)
+            block.eval_estimator = _MovedProbe(estimator, lambda v, t=block.in_type: act(v, t))
         yield model
     finally:
         for block, estimator in saved:
@@ -103,7 +107,7 @@ def evaluate(model: FlowModel, batches: Iterable[torch.Tensor], group: Group, *,
     """
     images = is_image_model(model)
     elements = evaluation_elements(model, group) if group_metrics else [group.identity]
-    act = group.act_image if images else group.act_points
+    act = group.act_image if images else (lambda v, g, field_type=None: group.act_points(v, g))
     parameter = next(model.parameters())
     totals = dict.fromkeys(("samples", "log_prob", "group_log_prob", "gap", "gaps"), 0.0)
     gap_max = 0.0
@@ -113,7 +117,7 @@ def evaluate(model: FlowModel, batches: Iterable[torch.Tensor], group: Group, *,
         x = x.to(device=parameter.device, dtype=parameter.dtype)
         log_probs = []
         for g in elements:
-            with _forked_rng(x), moved_probes(model, lambda v, g=g: act(v, g)):
+            with _forked_rng(x), moved_probes(model, lambda v, field_type, g=g: act(v, g, field_type)):
                 torch.manual_seed(derive_seed(seed, index))
                 log_probs.append(model.log_prob(act(x, g)).to(torch.float64))
         log_probs = torch.stack(log_probs)  # (|G|, B), the identity first
