@@ -6,6 +6,7 @@ Every script compares equivariant models with their trivial-group twins in one r
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import multiprocessing
 import os
@@ -77,13 +78,15 @@ def training_step_speed(model: torch.nn.Module, batch: torch.Tensor, steps: int)
     return {"images_per_s": steps * batch.shape[0] / seconds, "seconds_per_step": seconds / steps, "peak_memory_mb": peak_mb}
 
 
-def measure(kind: str, group: str, shape: List[int], args: argparse.Namespace, **hparams) -> Dict[str, object]:
-    """Build ``kind`` for ``group`` at ``shape``, time its training step, measure z's equivariance error."""
+def measure(kind: str, group: str, shape: List[int], args: argparse.Namespace, variant: str = "", **hparams) -> Dict[str, object]:
+    """Build ``kind`` for ``group`` at ``shape`` (with ``hparams``, named ``variant``), time its training
+    step, measure z's equivariance error."""
     torch.manual_seed(0)
     device = torch.device(args.device)
     model = models.build(kind, group=group, data_shape=shape, depth=args.depth, width=args.width, **hparams).to(device)
     batch = 0.05 + 0.9 * torch.rand(args.batch, *shape, device=device)
-    result = {"kind": kind, "group": group, "shape": "x".join(map(str, shape)), "parameters": sum(p.numel() for p in model.parameters())}
+    result = {"kind": kind, "variant": variant, "group": group, "shape": "x".join(map(str, shape)),
+              "parameters": sum(p.numel() for p in model.parameters())}
     result.update(training_step_speed(model, batch, args.steps))
     model.eval()
     with torch.no_grad():
@@ -111,19 +114,23 @@ def in_child(function: Callable, *arguments):
     return result
 
 
-def run(kinds: List[str], description: str, argv=None) -> Dict[str, object]:
-    """The whole benchmark: parse the options, measure every (kind, shape, group), :func:`report`.
+def run(kinds: List[str], description: str, argv=None, variants: Dict[str, dict] = None) -> Dict[str, object]:
+    """The whole benchmark: parse the options, measure every (kind, variant, shape, group), :func:`report`.
 
-    ``--quick`` shrinks everything to seconds on a CPU; on a CPU each configuration runs in its own
-    process (:func:`in_child`).
+    ``variants`` names sets of extra ``models.build`` arguments (default: one, with none), each
+    compared with its own twin. ``--quick`` shrinks everything to seconds on a CPU; on a CPU each
+    configuration runs in its own process (:func:`in_child`).
     """
+    variants = variants or {"": {}}
     args = parser(description).parse_args(argv)
     if args.quick:
         args.batch, args.steps, args.depth, args.width, args.shapes = 4, 1, 2, 8, "1x8x8"
     shapes = [[int(n) for n in shape.split("x")] for shape in args.shapes.split(",")]
     results = [
-        in_child(measure, kind, group, shape, args) if args.device == "cpu" else measure(kind, group, shape, args)
+        in_child(functools.partial(measure, **extra), kind, group, shape, args, name) if args.device == "cpu"
+        else measure(kind, group, shape, args, name, **extra)
         for kind in kinds
+        for name, extra in variants.items()
         for shape in shapes
         for group in args.groups.split(",")
     ]
@@ -132,14 +139,16 @@ def run(kinds: List[str], description: str, argv=None) -> Dict[str, object]:
 
 def report(results: List[Dict[str, object]], args: argparse.Namespace, baseline_key: str = "trivial") -> Dict[str, object]:
     """Print a table with each model's throughput relative to its twin, and write JSON if asked."""
-    twins = {(r["kind"], r["shape"]): r for r in results if r["group"] == baseline_key}
-    print(f"{'kind':10s} {'shape':9s} {'group':8s} {'params':>8s} {'img/s':>9s} {'vs twin':>8s} {'peak MB':>9s} {'equiv err':>10s}")
+    twins = {(r["kind"], r.get("variant", ""), r["shape"]): r for r in results if r["group"] == baseline_key}
+    print(f"{'kind':26s} {'shape':9s} {'group':8s} {'params':>8s} {'img/s':>9s} {'vs twin':>8s} {'peak MB':>9s} {'equiv err':>10s}")
     for r in results:
-        twin = twins.get((r["kind"], r["shape"]))
+        twin = twins.get((r["kind"], r.get("variant", ""), r["shape"]))
         r["throughput_vs_twin"] = r["images_per_s"] / twin["images_per_s"] if twin else None
+        r["memory_vs_twin"] = r["peak_memory_mb"] / twin["peak_memory_mb"] if twin else None
         ratio = f"{r['throughput_vs_twin']:.2f}" if twin else "-"
+        label = f"{r['kind']} {r.get('variant', '')}".strip()
         print(
-            f"{r['kind']:10s} {r['shape']:9s} {r['group']:8s} {r['parameters']:8d} {r['images_per_s']:9.1f} "
+            f"{label:26s} {r['shape']:9s} {r['group']:8s} {r['parameters']:8d} {r['images_per_s']:9.1f} "
             f"{ratio:>8s} {r['peak_memory_mb']:9.0f} {r['z_equivariance_error']:10.2e}"
         )
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}

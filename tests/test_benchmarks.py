@@ -5,6 +5,8 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
@@ -17,16 +19,19 @@ def _load(name):
     return module
 
 
-def test_residual_speed_quick_run_writes_a_comparison_with_the_twin(tmp_path):
+def test_residual_speed_quick_run_compares_both_variants_with_their_twins(tmp_path):
     out = tmp_path / "residual.json"
     _load("residual_speed").main(["--quick", "--groups", "trivial,C4", "--out", str(out)])
     document = json.loads(out.read_text())
-    groups = {r["group"]: r for r in document["results"]}
-    assert set(groups) == {"trivial", "C4"} and document["machine"]["torch"]
-    for result in groups.values():
+    runs = {(r["variant"], r["group"]): r for r in document["results"]}
+    assert set(runs) == {(v, g) for v in ("multiscale", "full-resolution") for g in ("trivial", "C4")}
+    assert document["machine"]["torch"]
+    for (variant, group), result in runs.items():
         assert result["images_per_s"] > 0 and result["peak_memory_mb"] > 0 and result["parameters"] > 0
         assert result["z_equivariance_error"] < 1e-5
-    assert groups["trivial"]["throughput_vs_twin"] == 1.0
+        twin = runs[(variant, "trivial")]
+        assert result["throughput_vs_twin"] == pytest.approx(result["images_per_s"] / twin["images_per_s"])
+        assert 0.9 < result["parameters"] / twin["parameters"] < 1.1
 
 
 def test_coupling_speed_quick_run_compares_both_kinds_with_their_twins(tmp_path):
