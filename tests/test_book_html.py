@@ -6,8 +6,10 @@ has built ``_build/html``.
 
 from __future__ import annotations
 
+import html
 import html.parser
 import pathlib
+import re
 import urllib.parse
 
 import pytest
@@ -96,3 +98,52 @@ def test_every_page_carries_the_license_in_its_footer(built_book, pages):
     unlicensed = [path.name for path, text in texts.items()
                   if "CC BY 4.0" not in text and 'http-equiv="Refresh"' not in text]  # not the root's redirect
     assert not unlicensed, f"pages without the license footer: {unlicensed}"
+
+
+def _paragraphs(text: str) -> list[str]:
+    return re.findall(r"<p[ >].*?</p>", text, flags=re.S)
+
+
+def test_no_numbered_list_collapses_into_a_paragraph(built_book, pages):
+    """A Markdown list that starts a proof (or follows text without a blank line) renders as one
+    paragraph "Proof. 1. ... 2. ..."; the signature is a line starting with "2. " inside a <p>."""
+    collapsed = []
+    for path in pages:
+        for paragraph in _paragraphs(path.read_text(encoding="utf-8")):
+            if re.search(r"\n\s*2\.\s", re.sub(r"<span class=\"math[^>]*>.*?</span>", "", paragraph, flags=re.S)):
+                collapsed.append(f"{path.relative_to(built_book)}: {re.sub('<[^>]+>', '', paragraph)[:80]!r}")
+    assert not collapsed, "numbered lists rendered as plain paragraphs:\n" + "\n".join(collapsed)
+
+
+def test_no_figure_is_shown_as_its_repr(built_book, pages):
+    shown = [path.name for path in pages if "&lt;Figure size" in path.read_text(encoding="utf-8")]
+    assert not shown, f"pages that print a matplotlib Figure's repr instead of the image: {shown}"
+
+
+def test_printed_markdown_tables_are_rendered(built_book, pages):
+    """A results table displayed as Markdown must render as a <table>: a paragraph holding "| a | b |"
+    lines and a "| --- |" separator is a table the renderer did not understand."""
+    raw = []
+    for path in pages:
+        for paragraph in _paragraphs(path.read_text(encoding="utf-8")):
+            text = html.unescape(re.sub(r"<[^>]+>", "", paragraph))
+            if re.search(r"^\|.*\|\s*$", text, flags=re.M) and re.search(r"^\|\s*:?-{3}", text, flags=re.M):
+                raw.append(path.name)
+    assert not raw, f"pages with a Markdown table shown as text: {sorted(set(raw))}"
+
+
+def test_no_page_points_to_notes_a_reader_does_not_have(built_book, pages):
+    pointers = [path.name for path in pages if re.search(r"project notes|notes §|§\d", path.read_text(encoding="utf-8"))]
+    assert not pointers, f"pages that cite notes outside the book: {pointers}"
+
+
+def test_every_chapter_that_states_a_result_uses_theorem_and_exercise_directives(built_book, pages):
+    """Propositions are sphinx-proof directives (numbered, linkable) and exercises sphinx-exercise
+    ones (solutions hidden), never plain admonitions or bold text."""
+    for path in sorted((built_book / "book").glob("0*.html")):
+        text = path.read_text(encoding="utf-8")
+        assert 'class="admonition-title">Proposition (' not in text and "<strong>1. " not in text, path.name
+        if "Exercises</h2>" in text or 'id="exercises"' in text:
+            assert 'class="exercise admonition"' in text, f"{path.name}: exercises without the exercise directive"
+        if "Proposition" in text:
+            assert "proposition admonition" in text or "theorem admonition" in text or "lemma admonition" in text, path.name
