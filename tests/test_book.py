@@ -77,3 +77,25 @@ def test_every_citation_is_in_the_bibliography():
              for key in group.split(",")}
     assert cited, "the book cites nothing"
     assert cited - keys == set(), "cited but missing from book/references.bib"
+
+
+def test_the_course_page_table_is_current():
+    course = book_pages.tool("course")
+    assert course.current() == course.render(), "run `python book/_tools/course.py` to refresh book/course.md"
+
+
+#: representation-theory terms the chapters use, and the glossary entry that must explain each
+REPRESENTATION_TERMS = {"irreducible": "Irreducible representation", "character": "Character", "commutant": "Commutant",
+                        "schur": "Schur's lemma", "isotypic": "Isotypic component", "quotient representation": "Quotient representation",
+                        "regular field": "Regular field", "intertwiner": "Intertwiner", "kernel constraint": "Kernel constraint",
+                        "field type": "Field type", "permutation representation": "Permutation representation"}
+
+
+def test_the_glossary_covers_every_representation_theory_term_the_chapters_use():
+    text = "\n".join(c.source for p in NOTEBOOKS for c in nbformat.read(p, as_version=4).cells if c.cell_type == "markdown").lower()
+    glossary = (ROOT / "book" / "glossary.md").read_text()
+    entries = set(re.findall(r"^(\S[^\n]*)\n  ", glossary, flags=re.M))
+    used = {term for term in REPRESENTATION_TERMS if term in text}
+    assert used, "the chapters use no representation-theory term?"
+    missing = sorted(REPRESENTATION_TERMS[t] for t in used if REPRESENTATION_TERMS[t] not in entries)
+    assert not missing, f"glossary entries missing for terms the chapters use: {missing}"
