@@ -21,7 +21,7 @@ import nbformat
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 COURSE = ROOT / "book" / "course.md"
 BEGIN, END = "<!-- course table: written by book/_tools/course.py -->", "<!-- end of course table -->"
-CHAPTERS = ["00_flows", "01_symmetry", "representations", "02_existence", "03_residual", "04_coupling", "05_iaf",
+CHAPTERS = ["00_flows", "01_symmetry", "representations", "continuous", "02_existence", "03_residual", "04_coupling", "05_iaf",
             "06_toy", "07_images", "08_cifar10"]
 NEEDS_GPU = {"08_cifar10": "its full run (CIFAR-10)", "07_images": "only its larger grids (the CPU grid runs in the full profile)"}
 
