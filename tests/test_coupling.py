@@ -155,3 +155,31 @@ def test_build_accepts_the_documented_shapes_and_double(kind):
         x = torch.rand(2, *shape, dtype=torch.float64) if len(shape) == 3 else torch.randn(2, 2, dtype=torch.float64)
         z, logdet = model(x)
         assert z.shape == x.shape and logdet.shape == (2,) and model.sample(3).shape == (3, *shape)
+
+
+@pytest.mark.parametrize("kind", ["coupling", "iaf"])
+@pytest.mark.parametrize("name", ["trivial", "C4", "D8"])
+def test_point_coupling_is_a_diffeomorphism_at_the_origin(kind, name):
+    """z(0) = 0 with log-det 0, Jacobian -> I as x -> 0, and a finite density continuous at the origin."""
+    torch.manual_seed(0)
+    model = _perturb(models.build(kind, group=name, data_shape=(2,), depth=4, width=8).double()).eval()
+    origin = torch.zeros(1, 2, dtype=torch.float64)
+    with torch.no_grad():
+        z, log_det = model(origin)
+        assert torch.equal(z, origin) and float(log_det) == 0.0
+        log_q0 = float(model.log_prob(origin))
+        assert abs(log_q0 + torch.log(torch.tensor(2 * torch.pi, dtype=torch.float64))) < 1e-12
+    angles = torch.linspace(0, 2 * torch.pi, 9, dtype=torch.float64)[:-1] + 0.3
+    directions = torch.stack([angles.cos(), angles.sin()], dim=1)
+    errors = []
+    for radius in (1e-2, 1e-4, 1e-6):
+        points = radius * directions
+        jacobians = torch.autograd.functional.jacobian(lambda x: model(x)[0].sum(0), points).permute(1, 0, 2)
+        errors.append(float((jacobians - torch.eye(2, dtype=torch.float64)).abs().max()))
+        with torch.no_grad():
+            gap = float((model.log_prob(points) - log_q0).abs().max())
+    assert errors[0] > errors[1] > errors[2] and errors[2] < 1e-4, errors
+    assert gap < 1e-6
+    x = torch.zeros(3, 2, dtype=torch.float64, requires_grad=True)
+    model.log_prob(x).sum().backward()
+    assert torch.isfinite(x.grad).all()

@@ -36,7 +36,7 @@ def _autoregressive(group, channels, fast):
 
 def _radial(group):
     G = groups.get(group)
-    return RadialCoupling(EquivariantConditioner(point_fields(G), None, 2, point_regular_fields(G, 2)))
+    return RadialCoupling(EquivariantConditioner(point_fields(G), None, 3, point_regular_fields(G, 2)), 3)
 
 
 def _angular(group):

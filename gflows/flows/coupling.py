@@ -24,6 +24,7 @@ representation cannot be split for :math:`C_N, N\ge 3`, :class:`RadialCoupling` 
 
 from __future__ import annotations
 
+import math
 from typing import Tuple
 
 import torch
@@ -181,42 +182,91 @@ def reflection_axis(group: Group):
     return next((a for a in axes if a is not None), None)
 
 
+def polar_radius(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(r, u)`` of points ``(B, 2)``: ``r = |x|`` ``(B, 1)``, kept above the dtype's smallest normal
+    number so that ``log r`` is finite at the origin, and the direction ``u = x / r`` (0 at the origin)."""
+    r = x.norm(dim=1, keepdim=True).clamp_min(torch.finfo(x.dtype).tiny)
+    return r, x / r
+
+
+def origin_gate(log_r: torch.Tensor, log_radius: torch.Tensor) -> torch.Tensor:
+    r""":math:`r^2 / (r^2 + \rho^2) = \sigma(2(\log r - \log\rho))`: 0 at the origin, 1 far from it."""
+    return torch.sigmoid(2 * (log_r - log_radius))
+
+
 class RadialCoupling(Flow):
-    r"""Coupling of a point :math:`x = r u` of the plane: the direction :math:`u` conditions its own radius,
+    r"""Coupling of a point :math:`x = r u` of the plane: the direction :math:`u` conditions its own radius.
+    With :math:`s = \log r`,
 
-    .. math:: \log r' = \log r\; e^{a(u)} + b(u),\qquad z = r' u,\qquad
-              \log\lvert\det\rvert = 2(\log r' - \log r) + a(u),
+    .. math:: s' = s + \sum_{k=1}^{K} b_k(u)\,\sigma\Big(\frac{s - c_k}{w_k}\Big),\qquad z = e^{s'} u,\qquad
+              \log\lvert\det\rvert = 2(s' - s) + \log\frac{\partial s'}{\partial s},
 
-    (in polar coordinates the map is triangular with derivative :math:`e^{a}` in :math:`\log r`, and
-    the area element :math:`r\,dr\,d\theta` contributes :math:`(r'/r)^2`). :math:`a, b` are G-invariant
-    functions of :math:`u` (``conditioner`` maps the standard representation to scalar fields), so
-    :math:`z(A_g x) = r' A_g u = A_g z`: equivariant to every element. Shapes ``(B, 2)``.
+    (in polar coordinates the map is triangular, and the area element :math:`r\,dr\,d\theta`
+    contributes :math:`(r'/r)^2`). The amplitudes :math:`b_k` are G-invariant functions of :math:`u`
+    (``conditioner`` maps the standard representation to ``bumps`` scalar fields), so
+    :math:`z(A_g x) = r' A_g u = A_g z`: equivariant to every element. The centres :math:`c_k` and widths
+    :math:`w_k \in (0, 1)` are learned, and the amplitudes are shrunk so that
+    :math:`\sum_k \lvert b_k\rvert / 4w_k < 0.95`: then :math:`\partial s'/\partial s \in (0.05, 1.95)`, a
+    monotone map of :math:`\log r` that moves it by at most :math:`\sum_k\lvert b_k\rvert` (inverse by
+    bisection, to round-off). As :math:`r\to0` every sigmoid vanishes like :math:`r^{1/w_k}`, faster than :math:`r`, so
+    :math:`z = x\,(1 + O(r))`: the map is continuously differentiable on the whole plane with
+    :math:`z(0) = 0` and Jacobian :math:`I` at the origin, a diffeomorphism whose density stays finite
+    there. Shapes ``(B, 2)``.
     """
 
-    def __init__(self, conditioner: nn.Module) -> None:
-        super().__init__()
-        self.conditioner = conditioner
-        self.scale = nn.Parameter(torch.ones(()))
+    BISECTION_STEPS = 60
 
-    def _polar(self, x: torch.Tensor):
-        r = x.norm(dim=1, keepdim=True)
-        s_raw, shift = self.conditioner(x / r)
-        return torch.log(r), x / r, self.scale * torch.tanh(s_raw[:, :1]), s_raw[:, 1:2]
+    def __init__(self, conditioner: nn.Module, bumps: int) -> None:
+        super().__init__()
+        self.conditioner, self.bumps = conditioner, bumps
+        self.centres = nn.Parameter(torch.linspace(-2.0, 2.0, bumps) if bumps > 1 else torch.zeros(1))
+        self.raw_widths = nn.Parameter(torch.zeros(bumps))   # w_k = sigmoid(raw) in (0, 1), 0.5 at first
+
+    def widths(self) -> torch.Tensor:
+        """:math:`w_k \in (0, 1)`, ``(K,)``."""
+        return torch.sigmoid(self.raw_widths)
+
+    def _amplitudes(self, u: torch.Tensor) -> torch.Tensor:
+        raw, _ = self.conditioner(u)
+        raw = raw[:, :self.bumps]
+        budget = (raw.abs() / (4 * self.widths())).sum(dim=1, keepdim=True) + 1e-12
+        return raw * (0.95 * torch.tanh(budget) / budget)
+
+    def _warp(self, log_r: torch.Tensor, b: torch.Tensor):
+        """s' and ds'/ds, ``(B, 1)`` each."""
+        widths = self.widths()
+        sig = torch.sigmoid((log_r - self.centres) / widths)
+        new = log_r + (b * sig).sum(dim=1, keepdim=True)
+        slope = 1 + (b * sig * (1 - sig) / widths).sum(dim=1, keepdim=True)
+        return new, slope
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        log_r, u, a, b = self._polar(x)
-        new_log_r = log_r * torch.exp(a) + b
-        return u * torch.exp(new_log_r), (2 * (new_log_r - log_r) + a)[:, 0]
+        r, u = polar_radius(x)
+        log_r = torch.log(r)
+        new, slope = self._warp(log_r, self._amplitudes(u))
+        return x * torch.exp(new - log_r), (2 * (new - log_r) + torch.log(slope))[:, 0]
 
     def inverse(self, z: torch.Tensor) -> torch.Tensor:
-        log_r, u, a, b = self._polar(z)
-        return u * torch.exp((log_r - b) * torch.exp(-a))
+        r, u = polar_radius(z)
+        target = torch.log(r)
+        b = self._amplitudes(u)
+        reach = b.abs().sum(dim=1, keepdim=True)
+        low, high = target - reach - 1e-6, target + reach + 1e-6   # |s' - s| <= sum |b_k|
+        with torch.no_grad():
+            for _ in range(self.BISECTION_STEPS):
+                middle = (low + high) / 2
+                below = self._warp(middle, b)[0] < target
+                low, high = torch.where(below, middle, low), torch.where(below, high, middle)
+        log_r = (low + high) / 2
+        new, slope = self._warp(log_r, b)
+        log_r = log_r - (new - target) / slope  # one Newton step: round-off, and gradients for training
+        return z * torch.exp(log_r - target)
 
 
 class AngularCoupling(Flow):
     r"""Coupling of a point :math:`x = r(\cos\theta, \sin\theta)`: the radius conditions its angle,
 
-    .. math:: \theta' = \theta + \varphi(r) + \sum_{m=1}^{M}\frac{a_m(r)\sin(mN(\theta-\alpha)) + b_m(r)\cos(mN(\theta-\alpha))}{mN},
+    .. math:: \theta' = \theta + \gamma(r)\Big[\varphi(r) + \sum_{m=1}^{M}\frac{a_m(r)\sin(mN(\theta-\alpha)) + b_m(r)\cos(mN(\theta-\alpha))}{mN}\Big],
               \qquad \log\lvert\det\rvert = \log\frac{\partial\theta'}{\partial\theta},
 
     with :math:`\sum_m \sqrt{a_m^2+b_m^2} < 1`, so :math:`\theta\mapsto\theta'` is an increasing
@@ -224,7 +274,10 @@ class AngularCoupling(Flow):
     rotations of the group: the perturbation is :math:`2\pi/N`-periodic, so the map commutes with
     :math:`C_N`. A dihedral group also needs oddness about its reflection axis :math:`\alpha`:
     :math:`b_m = \varphi = 0`. The coefficients are functions of the invariant :math:`\log r` (any
-    function of it is invariant). Equivariant to every element of the group. Shapes ``(B, 2)``.
+    function of it is invariant). The gate :math:`\gamma(r) = r^2/(r^2+\rho^2)` (:math:`\rho` learned)
+    switches the warp off at the origin, where a map of the angle alone would not be differentiable:
+    :math:`z = x + O(r^3)`, Jacobian :math:`I` at 0. Equivariant to every element of the group.
+    Shapes ``(B, 2)``.
     """
 
     BISECTION_STEPS = 60
@@ -236,17 +289,18 @@ class AngularCoupling(Flow):
         axis = reflection_axis(group)
         self.dihedral = axis is not None
         self.axis = 0.0 if axis is None else axis
+        self.log_gate_radius = nn.Parameter(torch.tensor(math.log(0.1)))
 
     def _coefficients(self, x: torch.Tensor):
-        r = x.norm(dim=1, keepdim=True)
-        raw, _ = self.conditioner(torch.log(r))
+        log_r = torch.log(polar_radius(x)[0])
+        raw, _ = self.conditioner(log_r)
         a, b, phi = raw[:, :self.harmonics], raw[:, self.harmonics:2 * self.harmonics], raw[:, -1:]
         if self.dihedral:
             b, phi = torch.zeros_like(b), torch.zeros_like(phi)
         amplitude = torch.sqrt(a ** 2 + b ** 2 + 1e-12)
         total = amplitude.sum(dim=1, keepdim=True)
-        shrink = 0.95 * torch.tanh(total) / total
-        return r, a * shrink, b * shrink, phi
+        shrink = 0.95 * torch.tanh(total) / total * origin_gate(log_r, self.log_gate_radius)
+        return a * shrink, b * shrink, phi * origin_gate(log_r, self.log_gate_radius)
 
     def _warp(self, theta, a, b, phi):
         """theta' and d theta'/d theta."""
@@ -256,14 +310,19 @@ class AngularCoupling(Flow):
         slope = 1 + (a * torch.cos(angle) - b * torch.sin(angle)).sum(dim=1, keepdim=True)
         return new, slope
 
+    @staticmethod
+    def _turn(x: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
+        """Rotate every point ``(B, 2)`` by its angle ``(B, 1)`` (exactly 0 stays 0)."""
+        return x * torch.cos(angle) + torch.cat([-x[:, 1:], x[:, :1]], dim=1) * torch.sin(angle)
+
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        r, a, b, phi = self._coefficients(x)
+        a, b, phi = self._coefficients(x)
         theta = torch.atan2(x[:, 1:], x[:, :1])
         new, slope = self._warp(theta, a, b, phi)
-        return r * torch.cat([torch.cos(new), torch.sin(new)], dim=1), torch.log(slope)[:, 0]
+        return self._turn(x, new - theta), torch.log(slope)[:, 0]
 
     def inverse(self, z: torch.Tensor) -> torch.Tensor:
-        r, a, b, phi = self._coefficients(z)
+        a, b, phi = self._coefficients(z)
         target = torch.atan2(z[:, 1:], z[:, :1])
         low, high = target - phi - 1.0, target - phi + 1.0  # |theta' - theta - phi| < 1/N <= 1
         with torch.no_grad():
@@ -274,4 +333,4 @@ class AngularCoupling(Flow):
         theta = (low + high) / 2
         new, slope = self._warp(theta, a, b, phi)
         theta = theta - (new - target) / slope  # one Newton step: round-off, and gradients for training
-        return r * torch.cat([torch.cos(theta), torch.sin(theta)], dim=1)
+        return self._turn(z, theta - target)

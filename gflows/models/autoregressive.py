@@ -43,7 +43,7 @@ def image_flow(G: Group, data_shape: tuple, *, depth: int = 8, width: int = 64, 
 def build(G: Group, data_shape: tuple, **hparams) -> FlowModel:
     """A G-IAF :class:`~gflows.flows.FlowModel` for images ``(C, H, W)`` or points ``(2,)`` (then a coupling
     of radius and direction, see the module docstring). ``hparams``: ``depth``, ``width``,
-    ``hidden_layers``; for images ``kernel_size``, ``fast``, ``squeeze``; for points ``harmonics``."""
+    ``hidden_layers``; for images ``kernel_size``, ``fast``, ``squeeze``; for points ``harmonics`` and ``bumps``."""
     data_shape = tuple(data_shape)
     flow = point_flow(G, **hparams) if data_shape == (2,) else image_flow(G, data_shape, **hparams)
     return FlowModel(flow, data_shape, G)

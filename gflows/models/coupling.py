@@ -48,8 +48,9 @@ def image_flow(G: Group, data_shape: tuple, *, depth: int = 8, width: int = 64, 
 
 
 def point_flow(G: Group, *, depth: int = 4, width: int = 64, hidden: Optional[Hidden] = None, hidden_layers: int = 1,
-               harmonics: int = 2) -> Sequential:
-    """Alternating radial and angular couplings of points ``(B, 2)``; equivariant to every element of G."""
+               harmonics: int = 2, bumps: int = 4) -> Sequential:
+    """Alternating radial (``bumps`` sigmoids in log r) and angular (``harmonics`` harmonics) couplings of
+    points ``(B, 2)``; equivariant to every element of G, identity to first order at the origin."""
     if depth < 1:
         raise ValueError(f"depth must be >= 1, got {depth}")
     standard = point_fields(G)
@@ -60,7 +61,7 @@ def point_flow(G: Group, *, depth: int = 4, width: int = 64, hidden: Optional[Hi
     layers = []
     for i in range(depth):
         if i % 2 == 0:
-            layers.append(RadialCoupling(EquivariantConditioner(standard, None, 2, **direction_net)))
+            layers.append(RadialCoupling(EquivariantConditioner(standard, None, bumps, **direction_net), bumps))
         else:
             layers.append(AngularCoupling(G, EquivariantConditioner(scalars, None, 2 * harmonics + 1, **radius_net), harmonics))
     return Sequential(layers)
@@ -70,7 +71,7 @@ def build(G: Group, data_shape: tuple, **hparams) -> FlowModel:
     """A G-Coupling :class:`~gflows.flows.FlowModel` for images ``(C, H, W)`` or points ``(2,)``.
 
     ``hparams``: ``depth``, ``width``, ``hidden_layers`` and, for images, ``kernel_size``, ``split``,
-    ``squeeze``; for points, ``harmonics``.
+    ``squeeze``; for points, ``harmonics`` and ``bumps``.
     """
     data_shape = tuple(data_shape)
     flow = point_flow(G, **hparams) if data_shape == (2,) else image_flow(G, data_shape, **hparams)
