@@ -194,6 +194,20 @@ def origin_gate(log_r: torch.Tensor, log_radius: torch.Tensor) -> torch.Tensor:
     return torch.sigmoid(2 * (log_r - log_radius))
 
 
+def invert_increasing(warp, target: torch.Tensor, low: torch.Tensor, high: torch.Tensor, steps: int = 60) -> torch.Tensor:
+    """The ``v`` in ``[low, high]`` with ``warp(v)[0] = target``, for a ``warp`` returning ``(value, slope)`` that
+    is increasing in ``v`` (all ``(B, 1)``): bisection without gradients, then one Newton step, which
+    brings the result to round-off and carries the gradients of ``warp`` and ``target`` for training."""
+    with torch.no_grad():
+        for _ in range(steps):
+            middle = (low + high) / 2
+            below = warp(middle)[0] < target
+            low, high = torch.where(below, middle, low), torch.where(below, high, middle)
+    v = (low + high) / 2
+    value, slope = warp(v)
+    return v - (value - target) / slope
+
+
 class RadialCoupling(Flow):
     r"""Coupling of a point :math:`x = r u` of the plane: the direction :math:`u` conditions its own radius.
     With :math:`s = \log r`,
@@ -250,16 +264,8 @@ class RadialCoupling(Flow):
         r, u = polar_radius(z)
         target = torch.log(r)
         b = self._amplitudes(u)
-        reach = b.abs().sum(dim=1, keepdim=True)
-        low, high = target - reach - 1e-6, target + reach + 1e-6   # |s' - s| <= sum |b_k|
-        with torch.no_grad():
-            for _ in range(self.BISECTION_STEPS):
-                middle = (low + high) / 2
-                below = self._warp(middle, b)[0] < target
-                low, high = torch.where(below, middle, low), torch.where(below, high, middle)
-        log_r = (low + high) / 2
-        new, slope = self._warp(log_r, b)
-        log_r = log_r - (new - target) / slope  # one Newton step: round-off, and gradients for training
+        reach = b.abs().sum(dim=1, keepdim=True) + 1e-6   # |s' - s| <= sum |b_k|
+        log_r = invert_increasing(lambda v: self._warp(v, b), target, target - reach, target + reach, self.BISECTION_STEPS)
         return z * torch.exp(log_r - target)
 
 
@@ -299,8 +305,9 @@ class AngularCoupling(Flow):
             b, phi = torch.zeros_like(b), torch.zeros_like(phi)
         amplitude = torch.sqrt(a ** 2 + b ** 2 + 1e-12)
         total = amplitude.sum(dim=1, keepdim=True)
-        shrink = 0.95 * torch.tanh(total) / total * origin_gate(log_r, self.log_gate_radius)
-        return a * shrink, b * shrink, phi * origin_gate(log_r, self.log_gate_radius)
+        gate = origin_gate(log_r, self.log_gate_radius)
+        shrink = 0.95 * torch.tanh(total) / total * gate
+        return a * shrink, b * shrink, phi * gate
 
     def _warp(self, theta, a, b, phi):
         """theta' and d theta'/d theta."""
@@ -324,13 +331,6 @@ class AngularCoupling(Flow):
     def inverse(self, z: torch.Tensor) -> torch.Tensor:
         a, b, phi = self._coefficients(z)
         target = torch.atan2(z[:, 1:], z[:, :1])
-        low, high = target - phi - 1.0, target - phi + 1.0  # |theta' - theta - phi| < 1/N <= 1
-        with torch.no_grad():
-            for _ in range(self.BISECTION_STEPS):
-                middle = (low + high) / 2
-                below = self._warp(middle, a, b, phi)[0] < target
-                low, high = torch.where(below, middle, low), torch.where(below, high, middle)
-        theta = (low + high) / 2
-        new, slope = self._warp(theta, a, b, phi)
-        theta = theta - (new - target) / slope  # one Newton step: round-off, and gradients for training
+        theta = invert_increasing(lambda v: self._warp(v, a, b, phi), target, target - phi - 1.0, target - phi + 1.0,
+                                  self.BISECTION_STEPS)   # |theta' - theta - phi| < 1/N <= 1
         return self._turn(z, theta - target)
