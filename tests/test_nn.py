@@ -206,3 +206,41 @@ def test_layers_do_not_share_escnn_buffers_between_models():
     first.double(), linear_first.double()
     assert second(torch.randn(1, 1, 5, 5)).dtype == torch.float32
     assert linear_second(torch.randn(2, 2)).dtype == torch.float32
+
+
+def test_lipswish_hand_written_derivatives_match_finite_differences_to_second_order():
+    from gflows.nn.activations import _LipSwish
+    torch.manual_seed(0)
+    x = (3 * torch.randn(3, 4, dtype=torch.float64)).requires_grad_()
+    beta = torch.tensor(0.7, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(_LipSwish.apply, (x, beta))
+    assert torch.autograd.gradgradcheck(_LipSwish.apply, (x, beta))
+    torch.testing.assert_close(_LipSwish.apply(x, beta), x * torch.sigmoid(beta * x) / 1.1)
+
+
+def test_one_by_one_power_iteration_runs_on_one_pixel_and_bounds_the_norm():
+    G = groups.get("C4")
+    conv = LipschitzConv(G.regular_fields(2), G.regular_fields(2), 1, coeff=0.9, bias=False).double()
+    with torch.no_grad():
+        conv.layer.weights.mul_(10)
+    x = torch.randn(1, 8, 5, 5, dtype=torch.float64)
+    conv(x)
+    conv.eval()
+    assert conv.v.shape == (1, 8, 1, 1)
+    assert 0.9 - 1e-3 < _operator_norm(conv, x) <= 0.9 * (1 + 1e-3)
+
+
+def test_training_power_iteration_stops_when_its_two_estimates_agree():
+    G = groups.get("C4")
+    conv = LipschitzConv(G.scalar_fields(1), G.regular_fields(2), 3, coeff=0.9, n_iterations_train=5).double()
+    x = torch.randn(2, 1, 6, 6, dtype=torch.float64)
+    conv(x)                                            # 200 iterations from fresh vectors: converged
+    with torch.no_grad():
+        conv.layer.weights.mul_(1 + 1e-6)              # a tiny step: one iteration suffices
+    conv(x)
+    assert conv.last_iterations == 1
+    conv.tolerance = 0.0
+    with torch.no_grad():
+        conv.layer.weights.mul_(1 + 1e-6)
+    conv(x)
+    assert conv.last_iterations == 5

@@ -242,3 +242,30 @@ def test_the_probe_does_not_depend_on_the_memory_layout_of_the_input():
         torch.manual_seed(3)
         estimates.append(block(batch)[1])
     torch.testing.assert_close(estimates[0], estimates[1], rtol=0, atol=1e-12)
+
+
+def test_neumann_series_with_the_reused_last_product_equals_the_k_plus_one_product_form():
+    """The K-th term taken from the surrogate's product gives the value and gradient of the plain form."""
+    from gflows import models
+    from gflows.flows.logdet import series_logdet
+    torch.manual_seed(0)
+    model = models.build("residual", group="D4", data_shape=(1, 8, 8), depth=1, width=8).double()
+    block = next(m for m in model.modules() if isinstance(m, ResidualBlock))
+    x = torch.randn(3, 4, 4, 4, dtype=torch.float64, requires_grad=True)
+    probe, weights = torch.randn_like(x), [1.0, 1.0, 2.0, 4.0]
+    gx = block.g(x)
+    reused = series_logdet(gx, x, probe, weights, neumann_gradient=True, create_graph=True)
+    plain = series_logdet(gx, x, probe, weights, neumann_gradient=False, create_graph=False)
+    torch.testing.assert_close(reused.detach(), plain)
+    psi, w = torch.zeros_like(probe), probe          # the K + 1 product surrogate, written out
+    for k, weight in enumerate(weights, start=1):
+        psi = psi + (-1) ** (k - 1) * weight * w
+        w = torch.autograd.grad(gx, x, w, retain_graph=True)[0]
+    surrogate = (torch.autograd.grad(gx, x, psi, retain_graph=True, create_graph=True)[0] * probe).sum((1, 2, 3))
+    inputs = [x] + [p for p in block.g.parameters() if p.requires_grad]
+    expected = torch.autograd.grad(surrogate.sum(), inputs, retain_graph=True, allow_unused=True)
+    got = torch.autograd.grad(reused.sum(), inputs, allow_unused=True)
+    for a, b in zip(got, expected):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b)

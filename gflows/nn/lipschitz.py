@@ -16,8 +16,10 @@ with :math:`\mathcal{W}^\top` the transposed convolution. The vectors persist be
 few iterations per training step track the slowly changing weights:
 
 * a call after the weights have changed (an optimiser step; tracked by the parameters' version
-  counters) first runs ``n_iterations_train`` iterations, so repeated calls with unchanged weights
-  use the same normalisation (and a fixed-point inverse sees one fixed map);
+  counters) first runs up to ``n_iterations_train`` iterations, stopping early once an iteration
+  changes :math:`\hat\sigma` by less than ``tolerance`` (relative): a small optimiser step moves
+  the top singular vectors little, and one iteration usually suffices. Repeated calls with
+  unchanged weights use the same normalisation (and a fixed-point inverse sees one fixed map);
 * switching to evaluation (``.eval()``) runs ``n_iterations_eval`` more;
 * the first call, or a call at a new input size, starts from random vectors and runs
   ``n_iterations_init``.
@@ -25,6 +27,9 @@ few iterations per training step track the slowly changing weights:
 The state dict holds u, v and whether the weights changed since the last iteration, so a module
 loaded from it iterates at its next call exactly when the saved one would have (training resumed
 from a checkpoint repeats the uninterrupted run).
+
+A 1x1 convolution acts on every pixel alike, so its operator norm is the norm of its
+``(C_out, C_in)`` matrix whatever the input size: its vectors are ``(1, C, 1, 1)``, not ``(1, C, H, W)``.
 
 Power iteration approaches :math:`\lVert\mathcal{W}\rVert_2` from below, so after enough iterations
 :math:`\mathrm{Lip} \le c` up to the iteration's tolerance; the tests measure the true norm.
@@ -52,7 +57,8 @@ class _NormBounded(nn.Module):
     for a given input.
     """
 
-    def __init__(self, layer, coeff: float, n_iterations_train: int, n_iterations_eval: int, n_iterations_init: int) -> None:
+    def __init__(self, layer, coeff: float, n_iterations_train: int, n_iterations_eval: int, n_iterations_init: int,
+                 tolerance: float) -> None:
         super().__init__()
         if not 0 < coeff:
             raise ValueError(f"coeff must be positive, got {coeff}")
@@ -60,6 +66,9 @@ class _NormBounded(nn.Module):
         self.in_type, self.out_type = layer.in_type, layer.out_type
         self.coeff = float(coeff)
         self.n_iterations_train, self.n_iterations_eval, self.n_iterations_init = n_iterations_train, n_iterations_eval, n_iterations_init
+        self.tolerance = float(tolerance)
+        #: power iterations run by the last training-time update (for measurements)
+        self.last_iterations = 0
         self.register_buffer("u", torch.empty(0))
         self.register_buffer("v", torch.empty(0))
         self._iterated_version: Tuple[int, ...] = ()
@@ -84,13 +93,22 @@ class _NormBounded(nn.Module):
         return tuple(p._version for p in self.layer.parameters())
 
     @torch.no_grad()
-    def _iterate(self, weight: torch.Tensor, n: int) -> None:
+    def _iterate(self, weight: torch.Tensor, n: int, tolerance: float = 0.0) -> int:
+        """Run at most ``n`` iterations and return how many ran. With ``tolerance > 0``, stop after an
+        iteration whose two half-steps agree: :math:`\lVert\mathcal{W}^\top u\rVert \le
+        \lVert\mathcal{W} v\rVert \le \sigma` are both lower bounds on the norm, the second at least the
+        first (Cauchy-Schwarz), and equal at convergence; stop when they differ by ``tolerance`` or less."""
         self._iterated_version = self._weights_version()
-        for _ in range(n):
+        for iteration in range(1, n + 1):
             v = self._transpose(weight, self.u)
-            self.v = v / v.norm().clamp_min(1e-12)
+            v_norm = v.norm().clamp_min(1e-12)
+            self.v = v / v_norm
             u = self._operator(weight, self.v)
-            self.u = u / u.norm().clamp_min(1e-12)
+            u_norm = u.norm().clamp_min(1e-12)
+            self.u = u / u_norm
+            if tolerance > 0 and float(u_norm - v_norm) <= tolerance * float(u_norm):
+                return iteration
+        return n
 
     @torch.no_grad()
     def _start(self, weight: torch.Tensor, shape: Tuple[int, ...]) -> None:
@@ -118,7 +136,7 @@ class _NormBounded(nn.Module):
         if tuple(self.v.shape) != shape or self.v.dtype != weight.dtype or self.v.device != weight.device:
             self._start(weight.detach(), shape)
         elif self.weights_changed:
-            self._iterate(weight.detach(), self.n_iterations_train)
+            self.last_iterations = self._iterate(weight.detach(), self.n_iterations_train, self.tolerance)
         scale = torch.clamp(self.sigma(weight) / self.coeff, min=1.0)
         return weight / scale, bias
 
@@ -168,7 +186,9 @@ class LipschitzConv(_NormBounded):
             so 90-degree rotations and flips act exactly on odd and even sizes alike.
         coeff: bound on the operator 2-norm (Lipschitz constant), e.g. 0.98.
         n_iterations_train / n_iterations_eval / n_iterations_init: power iterations per training
-            step, on ``.eval()``, and from fresh vectors.
+            step (at most), on ``.eval()``, and from fresh vectors.
+        tolerance: a training step stops iterating once the iteration's two estimates of the norm
+            agree to this relative tolerance (0: always ``n_iterations_train``).
         **conv_kwargs: passed to ``R2Conv`` (e.g. ``bias=False``). ``recompute`` defaults to True: by
             default escnn shares one basis-expansion module (with its buffers) between all layers of
             the same type, so ``.double()`` or ``.cuda()`` on one model would change the others.
@@ -188,13 +208,14 @@ class LipschitzConv(_NormBounded):
         n_iterations_train: int = 5,
         n_iterations_eval: int = 200,
         n_iterations_init: int = 200,
+        tolerance: float = 1e-3,
         **conv_kwargs,
     ) -> None:
         if kernel_size % 2 != 1:
             raise ValueError(f"kernel_size must be odd (an even kernel has no centre pixel), got {kernel_size}")
         conv_kwargs.setdefault("recompute", True)  # escnn otherwise shares basis buffers between layers
         layer = enn.R2Conv(in_type, out_type, kernel_size, padding=kernel_size // 2, **conv_kwargs)
-        super().__init__(layer, coeff, n_iterations_train, n_iterations_eval, n_iterations_init)
+        super().__init__(layer, coeff, n_iterations_train, n_iterations_eval, n_iterations_init, tolerance)
         self.padding = kernel_size // 2
 
     def _operator(self, weight, v):
@@ -205,6 +226,10 @@ class LipschitzConv(_NormBounded):
 
     def _apply_weight(self, x, weight, bias):
         return F.conv2d(x, weight, bias, padding=self.padding)
+
+    def _vector_shape(self, x):
+        # a 1x1 convolution's norm is its matrix's, on any grid: iterate on one pixel
+        return (1, x.shape[1], 1, 1) if self.padding == 0 else (1, *x.shape[1:])
 
 
 class LipschitzLinear(_NormBounded):
@@ -226,11 +251,12 @@ class LipschitzLinear(_NormBounded):
         n_iterations_train: int = 5,
         n_iterations_eval: int = 200,
         n_iterations_init: int = 200,
+        tolerance: float = 1e-3,
         **linear_kwargs,
     ) -> None:
         linear_kwargs.setdefault("recompute", True)
         layer = enn.Linear(in_type, out_type, **linear_kwargs)
-        super().__init__(layer, coeff, n_iterations_train, n_iterations_eval, n_iterations_init)
+        super().__init__(layer, coeff, n_iterations_train, n_iterations_eval, n_iterations_init, tolerance)
 
     def _operator(self, weight, v):
         return v @ weight.T
