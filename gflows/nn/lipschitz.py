@@ -94,10 +94,11 @@ class _NormBounded(nn.Module):
 
     @torch.no_grad()
     def _iterate(self, weight: torch.Tensor, n: int, tolerance: float = 0.0) -> int:
-        """Run at most ``n`` iterations and return how many ran. With ``tolerance > 0``, stop after an
+        r"""Run at most ``n`` iterations and return how many ran. With ``tolerance > 0``, stop after an
         iteration whose two half-steps agree: :math:`\lVert\mathcal{W}^\top u\rVert \le
         \lVert\mathcal{W} v\rVert \le \sigma` are both lower bounds on the norm, the second at least the
-        first (Cauchy-Schwarz), and equal at convergence; stop when they differ by ``tolerance`` or less."""
+        first (Cauchy-Schwarz), and equal at convergence; stop when they differ by at most ``tolerance``
+        times the larger."""
         self._iterated_version = self._weights_version()
         for iteration in range(1, n + 1):
             v = self._transpose(weight, self.u)
