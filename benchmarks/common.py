@@ -13,13 +13,13 @@ import os
 import platform
 import resource
 import sys
-import time
 from pathlib import Path
 from typing import Callable, Dict, List
 
 import torch
 
 from gflows import checks, models
+from gflows.train import timing
 
 
 def machine() -> Dict[str, object]:
@@ -46,36 +46,20 @@ def parser(description: str) -> argparse.ArgumentParser:
 
 
 def training_step_speed(model: torch.nn.Module, batch: torch.Tensor, steps: int) -> Dict[str, float]:
-    """Images per second of ``steps`` Adam steps on ``-log p`` (after 2 warm-up steps), and peak memory.
+    """Images per second of ``steps`` training steps (:func:`gflows.train.timing.seconds_per_step`: the
+    trainer's loss and AdamW, after a warm-up step), and peak memory.
 
     Peak memory is CUDA's allocator peak on a GPU and the process's peak resident set on a CPU
     (run each configuration in its own process, see :func:`in_child`).
     """
-    optimiser = torch.optim.Adam(model.parameters(), lr=1e-4)
-    device = batch.device
-
-    def step() -> None:
-        loss = -model.log_prob(batch).mean()
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        optimiser.step()
-
-    for _ in range(2):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    if batch.is_cuda:
         torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    seconds = time.perf_counter() - start
-    if device.type == "cuda":
+    seconds, _ = timing.seconds_per_step(model, batch, steps)
+    if batch.is_cuda:
         peak_mb = torch.cuda.max_memory_allocated() / 2**20
     else:
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"images_per_s": steps * batch.shape[0] / seconds, "seconds_per_step": seconds / steps, "peak_memory_mb": peak_mb}
+    return {"images_per_s": batch.shape[0] / seconds, "seconds_per_step": seconds, "peak_memory_mb": peak_mb}
 
 
 def measure(kind: str, group: str, shape: List[int], args: argparse.Namespace, variant: str = "", **hparams) -> Dict[str, object]:

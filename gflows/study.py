@@ -44,7 +44,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import time
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -59,7 +58,7 @@ from .groups import get
 from .train import Options, derive_seed, evaluate, fit, load_checkpoint
 from .train.checkpoint import exists as checkpoint_exists, save, write_text
 from .train.loop import CHECKPOINT
-from .train.metrics import sample_loss
+from .train.timing import seconds_per_step
 
 RESULT = "result.json"
 STAGES = "stages.json"
@@ -321,35 +320,6 @@ def _verified(folder: Path, record: Optional[Dict[str, object]] = None) -> Path:
         raise CorruptRun(f"{path} is missing or differs from the weights the run finished with "
                          f"(SHA-256 in {folder / RESULT}); delete {folder} to train the run again")
     return path
-
-
-def seconds_per_step(model: FlowModel, batch: torch.Tensor, steps: int = 20, lr: float = 1e-3) -> Tuple[float, float]:
-    """Seconds per training step of ``model`` on ``batch``: ``(wall, CPU of this process)``, averaged
-    over ``steps`` steps after one warm-up step, with the trainer's loss (bits/dim) and AdamW, on the
-    device of ``model`` (CUDA is synchronised before each clock is read). The model is trained by it."""
-    optimiser = torch.optim.AdamW(model.parameters(), lr=lr)
-    batch = batch.to(next(model.parameters()).device)
-
-    def step() -> None:
-        loss = sample_loss(model, batch).mean()
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        optimiser.step()
-
-    def synchronise() -> None:
-        if batch.is_cuda:
-            torch.cuda.synchronize(batch.device)
-
-    model.train()
-    with torch.no_grad():
-        model(batch)                                                       # data-dependent initialisation
-    step()
-    synchronise()
-    wall, cpu = time.perf_counter(), time.process_time()
-    for _ in range(steps):
-        step()
-    synchronise()
-    return (time.perf_counter() - wall) / steps, (time.process_time() - cpu) / steps
 
 
 def time_steps(run: Run, setup: Setup, steps: int = 20) -> Tuple[float, float]:

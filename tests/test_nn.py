@@ -244,3 +244,28 @@ def test_training_power_iteration_stops_when_its_two_estimates_agree():
         conv.layer.weights.mul_(1 + 1e-6)
     conv(x)
     assert conv.last_iterations == 5
+
+
+def test_expanded_filter_is_kept_in_evaluation_and_follows_every_weight_change():
+    from gflows.nn.equivariant import EquivariantConv
+    G = groups.get("C4")
+    conv = EquivariantConv(G.scalar_fields(1), G.regular_fields(2))
+    x = torch.randn(2, 1, 6, 6)
+    conv.eval()
+    with torch.no_grad():
+        first = conv.weight_and_bias()[0]
+        assert conv.weight_and_bias()[0] is first                      # kept: the same tensor
+        conv.layer.weights.mul_(2.0)                                   # an in-place change (EMA, optimiser)
+        doubled = conv.weight_and_bias()[0]
+        assert doubled is not first and torch.allclose(doubled, 2 * first)
+        other = EquivariantConv(G.scalar_fields(1), G.regular_fields(2))
+        conv.load_state_dict(other.state_dict())                      # new weights copied in place
+        assert torch.equal(conv.weight_and_bias()[0], other.expand()[0])
+        assert torch.allclose(conv(x), torch.nn.functional.conv2d(x, *other.expand(), padding=1))
+    conv.double()                                                      # replaced tensors
+    with torch.no_grad():
+        assert conv.weight_and_bias()[0].dtype == torch.float64
+    assert conv.weight_and_bias()[0].requires_grad                     # with gradients: afresh, in the graph
+    conv.train()
+    with torch.no_grad():
+        assert conv.weight_and_bias()[0] is not conv.weight_and_bias()[0]

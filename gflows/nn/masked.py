@@ -58,8 +58,8 @@ class _FieldMasked:
     def _register_field_mask(self, in_degrees: Sequence[int], out_degrees: Sequence[int], strict: bool) -> None:
         self.register_buffer("mask", field_mask(self.in_type, self.out_type, in_degrees, out_degrees, strict=strict))
 
-    def weight_and_bias(self) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-        weight, bias = super().weight_and_bias()
+    def expand(self) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        weight, bias = super().expand()
         mask = self.mask.to(weight.dtype)
         return weight * mask.reshape(mask.shape + (1,) * (weight.dim() - 2)), bias
 
