@@ -15,9 +15,10 @@ equivariant model the hidden fields (regular fields topped up with scalar fields
 count is closest to its trivial twin's (:func:`gflows.models.matched_hidden`); the table lists the
 fields it chose and the ratio it reached.
 
-**Throughput.** ``--throughput`` times training steps (Adam on -log p with the training log-det
-estimator, 2 warm-up steps then ``--steps``) of every configuration's full-size model: on a CPU with
-batch ``--cpu-batch`` and one thread, in its own process (its peak resident memory); on a GPU with
+**Throughput.** ``--throughput`` times training steps (``gflows.train.timing``: the trainer's loss
+and AdamW with the training log-det estimator, a warm-up step then ``--steps``) of every
+configuration's full-size model: on a CPU with batch ``--cpu-batch`` and one thread, in its own
+process (its peak resident memory); on a GPU with
 the configuration's batch size, which also gives the expected GPU hours of the run
 (``steps * batch_size / images per second``, training only, without evaluations).
 """

@@ -7,7 +7,7 @@
 
 Defaults: batch 64 at 3x32x32 and 1x28x28, depth 8, width 64, both kinds ("coupling", "iaf"; the
 IAF form, whose density direction is sequential over fields). Throughput counts images through
-forward + backward + Adam step. On a CPU every configuration runs in its own process, so that the
+forward + backward + AdamW step. On a CPU every configuration runs in its own process, so that the
 peak resident memory is its own; CPU throughputs are only meaningful as ratios to the twin.
 """
 

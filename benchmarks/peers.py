@@ -24,8 +24,8 @@ step at this device's own throughput on exactly those convolutions, with everyth
 ``overhead`` = step / ideal. Convolution GFLOP per step come from ``torch.utils.flop_counter``.
 
 **Memory**: on a GPU the allocator's peak during a step above the memory held before it; on a CPU the
-peak resident set of a fresh process that builds the model and trains 2 steps, above the resident set
-after the build (one spawned process per contender).
+peak resident set of a fresh process during 2 training steps, above the resident set before them (after
+the build and a first step; one spawned process per contender, Linux).
 """
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import resource
 import statistics
 import sys
 from dataclasses import dataclass
@@ -65,11 +64,6 @@ class Contender:
     kind: str
     group: str
     options: dict
-
-
-def _gflows_loss(model, x):
-    from gflows.train.metrics import sample_loss
-    return sample_loss(model, x).mean()
 
 
 def _normflows_loss(model, x):
@@ -196,26 +190,33 @@ def _step(contender: Contender, shape, args):
     device = torch.device(args.device)
     model = build(contender, shape, args).to(device)
     batch = 0.05 + 0.9 * torch.rand(args.batch, *shape, device=device)
-    optimiser = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    loss_of = _gflows_loss if contender.source == "gflows" else _normflows_loss
-
-    def step() -> None:
-        loss = loss_of(model, batch)
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        optimiser.step()
-
+    loss = timing.trainer_loss if contender.source == "gflows" else _normflows_loss
+    step = timing.training_step(model, batch, loss=loss)
     return model, step
 
 
-def resident_memory(contender: Contender, shape, args) -> float:
-    """MB of peak resident set above the set after building (run in a fresh process)."""
+def _status_mb(field: str) -> float:
+    """``VmRSS`` (resident set) or ``VmHWM`` (its peak) of this process, in MB (Linux)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise KeyError(field)
+
+
+def resident_memory(contender: Contender, shape, args) -> Optional[float]:
+    """MB of peak resident set during 2 training steps above the set after building (run it in a fresh
+    process); ``None`` where Linux's peak reset (``/proc/self/clear_refs``) is not available."""
     torch.set_num_threads(args.threads)
     _, step = _step(contender, shape, args)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    step()                                                        # data-dependent initialisation
+    try:
+        Path("/proc/self/clear_refs").write_text("5")             # the peak := the resident set now
+    except OSError:
+        return None
+    before = _status_mb("VmRSS")
     step()
     step()
-    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    return _status_mb("VmHWM") - before
 
 
 def cuda_memory(step: Callable[[], None], device: torch.device) -> float:
@@ -272,6 +273,10 @@ def _ratio(value: Optional[float]) -> str:
     return f"{value:.2f}" if value is not None else "-"
 
 
+def _number(value: Optional[float]) -> str:
+    return f"{value:.0f}" if value is not None else "-"
+
+
 def report(results: List[Dict[str, object]], args) -> Dict[str, object]:
     """Print the table and write the JSON document if ``--out`` is given."""
     unit = "wall" if args.device.startswith("cuda") else "CPU"
@@ -280,7 +285,7 @@ def report(results: List[Dict[str, object]], args) -> Dict[str, object]:
     for r in results:
         print(f"{r['name']:26s} {r['shape']:8s} {r['parameters']:7d} {1e3 * r['seconds_per_step']:9.1f} "
               f"{1e3 * r['ideal_seconds_per_step']:9.1f} {r['overhead']:8.2f} {_ratio(r['vs_twin']):>7s} "
-              f"{_ratio(r['vs_normflows']):>6s} {r['conv_gflop_per_s']:6.1f} {r['memory_mb']:7.0f}")
+              f"{_ratio(r['vs_normflows']):>6s} {r['conv_gflop_per_s']:6.1f} {_number(r['memory_mb']):>7s}")
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     document = {"machine": machine(), "settings": settings, "results": results}
     if args.out:

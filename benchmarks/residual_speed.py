@@ -7,7 +7,7 @@ Defaults: batch 64 at 3x32x32 and 1x28x28, depth 8 (blocks per scale), width 64,
 Russian-roulette log-det (the training estimator). Two variants, each against its own trivial twin
 (``models.build`` matches their parameter counts): the multiscale flow (the default: two 2x2
 squeezes) and the full-resolution flow of the paper's code (``squeezes=0``). Throughput counts
-images through forward + backward + Adam step.
+images through forward + backward + AdamW step.
 """
 
 from __future__ import annotations

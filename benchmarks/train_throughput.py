@@ -6,8 +6,8 @@
 For every kind (residual, coupling, iaf) and group (trivial first): the model at ``--depth`` and
 ``--width``, whose hidden fields ``models.build`` matches to the trivial twin's parameter count, then
 
-* images/s and peak memory of training steps (``common.training_step_speed``: Adam on -log p with
-  the training log-det estimator; CUDA's allocator peak on a GPU, the process's peak resident set on
+* images/s and peak memory of training steps (``common.training_step_speed``: the trainer's loss and
+  AdamW with the training log-det estimator; CUDA's allocator peak on a GPU, the process's peak resident set on
   a CPU, where each configuration runs in its own process);
 * time to target: :func:`gflows.train.fit` on the dataset (``--dataset``, default CIFAR-10, digits
   with ``--quick``) until the EMA weights reach ``--target-bpd`` on ``--test-size`` test images, at

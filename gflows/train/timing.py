@@ -19,15 +19,21 @@ from ..flows import FlowModel
 from .metrics import sample_loss
 
 
-def training_step(model: FlowModel, batch: torch.Tensor, lr: float = 1e-3) -> Callable[[], None]:
-    """A function doing one step of the trainer on ``batch``: its loss (bits/dim for images, NLL for
-    points: :func:`~gflows.train.metrics.sample_loss`), backward, AdamW (on the model's device)."""
+def trainer_loss(model: FlowModel, batch: torch.Tensor) -> torch.Tensor:
+    """The trainer's objective: mean bits/dim for images, NLL for points (:func:`~gflows.train.metrics.sample_loss`)."""
+    return sample_loss(model, batch).mean()
+
+
+def training_step(model: torch.nn.Module, batch: torch.Tensor, lr: float = 1e-3,
+                  loss: Callable[[torch.nn.Module, torch.Tensor], torch.Tensor] = trainer_loss) -> Callable[[], None]:
+    """A function doing one training step on ``batch``: ``loss(model, batch)`` (default the trainer's),
+    backward, AdamW."""
     optimiser = torch.optim.AdamW(model.parameters(), lr=lr)
 
     def step() -> None:
-        loss = sample_loss(model, batch).mean()
+        value = loss(model, batch)
         optimiser.zero_grad(set_to_none=True)
-        loss.backward()
+        value.backward()
         optimiser.step()
 
     return step
