@@ -269,3 +269,33 @@ def test_expanded_filter_is_kept_in_evaluation_and_follows_every_weight_change()
     conv.train()
     with torch.no_grad():
         assert conv.weight_and_bias()[0] is not conv.weight_and_bias()[0]
+
+
+@pytest.mark.parametrize("layer_kind", ["conv", "masked conv", "linear"])
+def test_trivial_group_expansion_is_escnns_filter_from_one_shared_basis(layer_kind, dtype):
+    from gflows._escnn import enn
+    from gflows.nn.equivariant import EquivariantConv, EquivariantLinear
+    from gflows.nn.exact import expanded_weight
+    from gflows.nn.masked import MaskedFieldConv
+    G = groups.get("trivial")
+    if layer_kind == "linear":
+        in_type = point_coordinate_fields(G)
+        layer = EquivariantLinear(in_type, enn.FieldType(in_type.gspace, [in_type.gspace.trivial_repr] * 5))
+    elif layer_kind == "conv":
+        layer = EquivariantConv(G.scalar_fields(3), G.scalar_fields(5), 5)
+    else:
+        layer = MaskedFieldConv(G.scalar_fields(3), G.scalar_fields(5), [0, 1, 2], [0, 1, 2, 0, 1], strict=True)
+    assert layer.shared_basis is not None and "shared_basis" not in layer.state_dict()   # checkpoints unchanged
+    layer = layer.to(dtype)
+    with torch.no_grad():
+        layer.layer.weights.normal_()
+        layer.layer.bias.normal_()
+    weight, bias = layer.expand()
+    escnn_weight, escnn_bias = expanded_weight(layer.layer)
+    if layer_kind == "masked conv":
+        escnn_weight = escnn_weight * layer.mask.to(dtype)[:, :, None, None]
+    tolerance = 1e-12 if dtype == torch.float64 else 1e-5                # round-off of a K-term sum
+    assert torch.allclose(weight, escnn_weight, rtol=0, atol=tolerance) and torch.equal(bias, escnn_bias)
+    probe = torch.randn(weight.shape, dtype=dtype)
+    grads = [torch.autograd.grad((w * probe).sum(), layer.layer.weights)[0] for w in (weight, escnn_weight)]
+    assert torch.allclose(*grads, rtol=0, atol=10 * tolerance)

@@ -10,7 +10,10 @@ basis; in float32 the basis is already exact to round-off.
 
 Expanding the filter costs about a quarter of a coupling model's evaluation step on a CPU, so in
 evaluation mode without gradients the expanded filter is kept while the weights stay the same
-(:meth:`~_Expanded.weight_and_bias`); training expands afresh at every step, inside the graph.
+(:meth:`~_Expanded.weight_and_bias`); training expands afresh at every step, inside the graph. For
+the trivial group (the twins) every pair of fields shares one basis :math:`B` of :math:`K` filters,
+so the expansion is one matrix product, ``(O*I, K) @ (K, k*k)``, with :math:`B` read off escnn's
+expansion once at construction (same parameters and checkpoints as escnn's layer, the same filter).
 
 Every layer owns its sampled basis (``recompute=True``): escnn otherwise shares one basis module
 between all layers with the same field types, and ``.double()`` on one model would change the dtype of
@@ -37,6 +40,17 @@ from .._escnn import enn
 from .exact import expanded_weight
 
 
+def _shared_basis(layer) -> torch.Tensor:
+    """``(K, k*k)`` (``(K, 1)`` for a linear layer): the basis filters of one pair of trivial fields,
+    which every pair of a trivial-group layer shares; escnn's weights run over the pairs, then the K
+    basis elements (so the filter of pair p is ``weights[p*K:(p+1)*K] @ basis``)."""
+    pairs = layer.out_type.size * layer.in_type.size
+    per_pair = layer.basisexpansion.dimension() // pairs
+    unit = torch.eye(per_pair, layer.basisexpansion.dimension(), dtype=layer.weights.dtype)
+    with torch.no_grad():
+        return torch.stack([layer.basisexpansion(e)[0, 0].reshape(-1) for e in unit])
+
+
 class _Expanded(nn.Module):
     """An escnn layer used only for its parameters: expand, project in float64, apply with torch."""
 
@@ -45,10 +59,16 @@ class _Expanded(nn.Module):
         self.layer = layer
         self.in_type, self.out_type = layer.in_type, layer.out_type
         self._kept: Optional[tuple] = None
+        trivial_group = layer.in_type.gspace.fibergroup.order() == 1
+        self._weight_shape = tuple(layer.expand_parameters()[0].shape)
+        self.register_buffer("shared_basis", _shared_basis(layer) if trivial_group else None, persistent=False)
 
     def expand(self) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """The dense weight (exactly equivariant in float64) and the bias, computed afresh."""
-        return expanded_weight(self.layer)
+        if self.shared_basis is None:
+            return expanded_weight(self.layer)
+        pairs = self.out_type.size * self.in_type.size    # trivial group: one field per channel, bias unexpanded
+        return (self.layer.weights.view(pairs, -1) @ self.shared_basis).view(self._weight_shape), self.layer.bias
 
     def weight_and_bias(self) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """:meth:`expand`, computed afresh in training mode or where autograd records; in evaluation

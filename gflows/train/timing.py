@@ -16,6 +16,7 @@ from typing import Callable, Tuple
 import torch
 
 from ..flows import FlowModel
+from .loop import adamw
 from .metrics import sample_loss
 
 
@@ -27,8 +28,8 @@ def trainer_loss(model: FlowModel, batch: torch.Tensor) -> torch.Tensor:
 def training_step(model: torch.nn.Module, batch: torch.Tensor, lr: float = 1e-3,
                   loss: Callable[[torch.nn.Module, torch.Tensor], torch.Tensor] = trainer_loss) -> Callable[[], None]:
     """A function doing one training step on ``batch``: ``loss(model, batch)`` (default the trainer's),
-    backward, AdamW."""
-    optimiser = torch.optim.AdamW(model.parameters(), lr=lr)
+    backward, AdamW (:func:`~gflows.train.loop.adamw`, as the trainer)."""
+    optimiser = adamw(model.parameters(), lr=lr)
 
     def step() -> None:
         value = loss(model, batch)
