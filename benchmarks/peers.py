@@ -15,8 +15,10 @@ contender trains at its own defaults on its own loss, with AdamW.
 
 **Clock**: :func:`gflows.train.timing.timed`, CPU time of this process per step on a CPU (one thread
 by default, so that other jobs on the machine do not count) and wall time with CUDA synchronised on a
-GPU. ``--rounds`` rounds of ``--steps`` steps; every round runs the contenders and their ideals in a
-fresh random order; the figure is the median over rounds.
+GPU. On a CPU, freed memory stays in the process for every contender alike
+(:func:`gflows.runtime.keep_freed_cpu_memory`, as in gflows' trainer). ``--rounds`` rounds of
+``--steps`` steps; every round runs the contenders and their ideals in a fresh random order; the
+figure is the median over rounds.
 
 **Ideal**: the convolutions of a training step (forward, backward, double backward, power iterations)
 are recorded with their shapes and arguments, then replayed alone on random tensors: the ideal is the
@@ -25,7 +27,8 @@ step at this device's own throughput on exactly those convolutions, with everyth
 
 **Memory**: on a GPU the allocator's peak during a step above the memory held before it; on a CPU the
 peak resident set of a fresh process during 2 training steps, above the resident set before them (after
-the build and a first step; one spawned process per contender, Linux).
+the build and a first step; one spawned process per contender, Linux, with glibc's default
+allocator settings, which return freed memory, so that the figure is the step's own).
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import in_child, machine  # noqa: E402
 
-from gflows import models  # noqa: E402
+from gflows import models, runtime  # noqa: E402
 from gflows.train import timing  # noqa: E402
 
 CONVOLUTIONS = (torch.ops.aten.convolution.default, torch.ops.aten.convolution_backward.default)
@@ -323,6 +326,7 @@ def main(argv=None) -> Dict[str, object]:
             raise SystemExit("normflows is not installed: pip install -r benchmarks/requirements-peers.txt "
                              "(or pass --no-peers)") from None
     torch.set_num_threads(args.threads)
+    runtime.keep_freed_cpu_memory()                               # as gflows' trainer does, for every contender
     results = [r for shape in args.shapes.split(",") for r in measure([int(n) for n in shape.split("x")], args)]
     compare(results)
     return report(results, args)

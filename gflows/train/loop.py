@@ -51,6 +51,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
+from .. import runtime
 from ..flows import FlowModel
 from ..groups import get
 from . import checkpoint, distributed, rng, runfolder
@@ -280,6 +281,8 @@ class _Run:
         if self.batches_per_epoch == 0:
             raise ValueError(f"batch_size {options.batch_size} is larger than the training set ({len(self.train_source)} samples)")
         self.eval_group = get(options.eval_group) if options.eval_group else model.group
+        if self.device.type == "cpu":
+            runtime.keep_freed_cpu_memory()
         model.to(self.device).train()
         self.dtype = next(model.parameters()).dtype
         # listed once: model.parameters() walks the module tree, and hashing escnn's modules on the way

@@ -15,6 +15,7 @@ from typing import Callable, Tuple
 
 import torch
 
+from .. import runtime
 from ..flows import FlowModel
 from .loop import adamw
 from .metrics import sample_loss
@@ -58,8 +59,11 @@ def timed(function: Callable[[], object], calls: int, device: torch.device) -> T
 def seconds_per_step(model: FlowModel, batch: torch.Tensor, steps: int = 20, lr: float = 1e-3) -> Tuple[float, float]:
     """Seconds per :func:`training_step` of ``model`` on ``batch``, ``(wall, CPU)``, averaged over
     ``steps`` steps after the data-dependent initialisation and one warm-up step, on the device of
-    ``model`` (:func:`timed`). The model is trained by it."""
+    ``model`` (:func:`timed`), with freed CPU memory kept for reuse as in the trainer
+    (:func:`gflows.runtime.keep_freed_cpu_memory`). The model is trained by it."""
     device = next(model.parameters()).device
+    if device.type == "cpu":
+        runtime.keep_freed_cpu_memory()
     batch = batch.to(device)
     model.train()
     with torch.no_grad():
