@@ -63,7 +63,7 @@ def keep_freed_cpu_memory() -> bool:
     or trimming the top of the heap), and the next allocation of the same size has every one of
     its 4 KB pages faulted in and zeroed again. A training step allocates and frees the same
     activation-sized tensors every time, so it paid this on every step: measured on a G-Residual
-    twin at 1x28x28 (batch 16), 8,600 to 26,000 page faults per step, 15-25% of the step's CPU time;
+    twin at 1x28x28 (batch 16), 8,600 to 28,000 page faults per step, 15-25% of the step's CPU time;
     with this call, under 150. It sets ``M_MMAP_THRESHOLD`` to 32 MB (blocks below it come from the
     heap) and ``M_TRIM_THRESHOLD`` to 1 GB (the heap's free top is kept up to that much), as
     ``mallopt(3)`` describes; the price is that the process keeps its peak heap after training.
