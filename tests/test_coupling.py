@@ -60,6 +60,22 @@ def test_cartesian_coupling_of_points_where_the_group_keeps_the_coordinates_apar
     assert checks.inverse_error(layer, x) < (1e-12 if dtype == torch.float64 else 1e-5)
 
 
+@pytest.mark.parametrize("name, fields", [("trivial", 5), ("C4", 4), ("C4", "regular 2"), ("D4", "irreps")])
+@pytest.mark.parametrize("parity", [0, 1])
+def test_field_split_by_slices_takes_the_channels_of_its_fields(name, fields, parity):
+    G = groups.get(name)
+    field_type = {"regular 2": G.regular_fields(2), "irreps": irrep_fields(G, 1)}.get(fields) or G.scalar_fields(fields)
+    split = FieldSplit(field_type, parity)
+    x = torch.randn(2, field_type.size, 3, 3)
+    x_a, x_b = split.split(x)
+    assert torch.equal(x_a, x[:, split.a_index]) and torch.equal(x_b, x[:, split.b_index])
+    assert torch.equal(split.merge(x_a, x_b), x)
+    s = torch.randn(2, split.n_scales, 3, 3)
+    assert torch.equal(split.restrict(s, x_b)[0], s[:, split.scale_index])
+    if name != "D4":   # fields of one size: views, no index
+        assert split._a_slice is not None and split._b_slice is not None
+
+
 def test_a_split_needs_two_fields():
     with pytest.raises(ValueError, match="nothing is left to condition on"):
         FieldSplit(groups.get("C4").scalar_fields(1))

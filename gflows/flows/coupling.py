@@ -42,6 +42,15 @@ def _field_channels(field_type, fields) -> list:
     return [c for f in fields for c in range(starts[f], starts[f + 1])]
 
 
+def _evenly_spaced(channels: list):
+    """The ``slice`` selecting ``channels`` when they are evenly spaced, else ``None``. Slicing is a view:
+    no copy forward, no scatter backward (index and index_put cost ~0.4 ms of a 10 ms coupling twin step)."""
+    step = channels[1] - channels[0] if len(channels) > 1 else 1
+    if step > 0 and channels == list(range(channels[0], channels[-1] + 1, step)):
+        return slice(channels[0], channels[-1] + 1, step)
+    return None
+
+
 class FieldSplit(nn.Module):
     """Split the fields of ``field_type``: B = the fields with index ``% 2 == parity``, A = the others.
 
@@ -73,16 +82,25 @@ class FieldSplit(nn.Module):
         self.register_buffer("b_index", torch.as_tensor(b_channels))
         self.register_buffer("merge_index", torch.as_tensor(a_channels + b_channels).argsort())
         self.register_buffer("scale_index", torch.as_tensor(field_of_channel))
+        # scalar fields (every twin; any group's fields of one size): slices instead of the indices
+        self._a_slice, self._b_slice = _evenly_spaced(a_channels), _evenly_spaced(b_channels)
+        self._one_channel_per_field = field_of_channel == list(range(self.n_scales))
 
     def split(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        if self._a_slice is not None and self._b_slice is not None:
+            return x[:, self._a_slice], x[:, self._b_slice]
         return x[:, self.a_index], x[:, self.b_index]
 
     def merge(self, x_a: torch.Tensor, y_b: torch.Tensor) -> torch.Tensor:
-        return torch.cat([x_a, y_b], dim=1)[:, self.merge_index]
+        if self._a_slice is None or self._b_slice is None:
+            return torch.cat([x_a, y_b], dim=1)[:, self.merge_index]
+        merged = y_b.new_empty((y_b.shape[0], x_a.shape[1] + y_b.shape[1], *y_b.shape[2:]))
+        merged[:, self._a_slice], merged[:, self._b_slice] = x_a, y_b
+        return merged
 
     def restrict(self, s: torch.Tensor, t: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """Per-field scales ``(B, n_scales, ...)`` broadcast to the channels of B."""
-        return s[:, self.scale_index], t
+        return (s if self._one_channel_per_field else s[:, self.scale_index]), t
 
 
 class Checkerboard(nn.Module):
