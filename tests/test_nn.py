@@ -299,3 +299,17 @@ def test_trivial_group_expansion_is_escnns_filter_from_one_shared_basis(layer_ki
     probe = torch.randn(weight.shape, dtype=dtype)
     grads = [torch.autograd.grad((w * probe).sum(), layer.layer.weights)[0] for w in (weight, escnn_weight)]
     assert torch.allclose(*grads, rtol=0, atol=10 * tolerance)
+
+
+@pytest.mark.parametrize("kind", ["residual", "coupling"])
+@pytest.mark.parametrize("group_name", ["trivial", "D4"])
+def test_parameters_of_lists_what_module_parameters_lists(kind, group_name):
+    from gflows import models
+    from gflows.nn.parameters import parameters_of
+    model = models.build(kind, group=group_name, data_shape=(1, 8, 8), depth=2, width=4)
+    assert [id(p) for p in parameters_of(model)] == [id(p) for p in model.parameters()]
+    shared = torch.nn.Linear(2, 2)
+    tree = torch.nn.Sequential(shared, torch.nn.Sequential(shared, torch.nn.Linear(2, 1)))
+    tree[1][1].weight = shared.weight    # a shared module and a shared parameter: listed once each
+    assert [id(p) for p in parameters_of(tree)] == [id(p) for p in tree.parameters()]
+    assert len(parameters_of(tree)) == 3

@@ -51,6 +51,7 @@ import torch
 from torch import nn
 
 from ..groups import Group
+from ..nn.parameters import parameters_of
 
 Residual = Callable[[torch.Tensor], torch.Tensor]
 
@@ -339,7 +340,7 @@ class RussianRoulette:
             return series_logdet(gx, xi, probe, weights, neumann_gradient=self.neumann_gradient, create_graph=create_graph)
 
         if self.memory_efficient and self.neumann_gradient and torch.is_grad_enabled() and isinstance(g, nn.Module):
-            parameters = [p for p in g.parameters() if p.requires_grad]
+            parameters = [p for p in parameters_of(g) if p.requires_grad]
             return _MemoryEfficientLogdet.apply(g, logdet_of, x, *parameters)
         return _evaluate(g, x, logdet_of)
 

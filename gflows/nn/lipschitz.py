@@ -48,6 +48,7 @@ from torch import nn
 
 from .._escnn import enn
 from .exact import expanded_weight
+from .parameters import parameters_of
 
 
 class _NormBounded(nn.Module):
@@ -90,7 +91,7 @@ class _NormBounded(nn.Module):
 
     # -- power iteration
     def _weights_version(self) -> Tuple[int, ...]:
-        return tuple(p._version for p in self.layer.parameters())
+        return tuple(p._version for p in parameters_of(self.layer))
 
     @torch.no_grad()
     def _iterate(self, weight: torch.Tensor, n: int, tolerance: float = 0.0) -> int:
