@@ -109,6 +109,25 @@ def test_power_iteration_runs_only_when_the_weights_change():
     assert not torch.equal(conv.u, before)
 
 
+@pytest.mark.parametrize("fused", [False, True])
+def test_every_optimiser_step_is_followed_by_power_iteration(fused):
+    # torch's fused AdamW (the trainer's, gflows.train.loop.adamw) updates the weights without
+    # bumping their version counters: the change must be seen all the same
+    from gflows.train.loop import adamw
+    G = groups.get("C4")
+    conv = LipschitzConv(G.scalar_fields(1), G.regular_fields(2), 3, tolerance=0.0)
+    x = torch.randn(2, 1, 6, 6)
+    optimiser = adamw(conv.parameters(), lr=1e-2) if fused else torch.optim.AdamW(conv.parameters(), lr=1e-2, foreach=False)
+    assert bool(optimiser.defaults["fused"]) == fused
+    for _ in range(3):
+        conv(x).pow(2).sum().backward()
+        optimiser.step()
+        optimiser.zero_grad()
+        assert conv.weights_changed
+        conv(x)
+        assert conv.last_iterations == conv.n_iterations_train and not conv.weights_changed
+
+
 def test_state_dict_round_trip_keeps_power_iteration_vectors():
     G = groups.get("D4")
     conv = LipschitzConv(G.scalar_fields(1), G.regular_fields(1), 3).double()

@@ -15,8 +15,9 @@ zero padding; or the matrix of a linear layer), and :math:`c < 1` is ``coeff``.
 with :math:`\mathcal{W}^\top` the transposed convolution. The vectors persist between calls, so a
 few iterations per training step track the slowly changing weights:
 
-* a call after the weights have changed (an optimiser step; tracked by the parameters' version
-  counters) first runs up to ``n_iterations_train`` iterations, stopping early once an iteration
+* a call after the weights have changed (an optimiser step; detected by comparing the weights with
+  a copy taken at the last iteration, not by the parameters' version counters, which torch's fused
+  AdamW leaves unchanged) first runs up to ``n_iterations_train`` iterations, stopping early once an iteration
   changes :math:`\hat\sigma` by less than ``tolerance`` (relative): a small optimiser step moves
   the top singular vectors little, and one iteration usually suffices. Repeated calls with
   unchanged weights use the same normalisation (and a fixed-point inverse sees one fixed map);
@@ -40,7 +41,7 @@ equivariance holds to float64 precision despite escnn's float32 basis.
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -72,7 +73,7 @@ class _NormBounded(nn.Module):
         self.last_iterations = 0
         self.register_buffer("u", torch.empty(0))
         self.register_buffer("v", torch.empty(0))
-        self._iterated_version: Tuple[int, ...] = ()
+        self._iterated_weights: Optional[List[torch.Tensor]] = None   # the weights u, v belong to
         self._weights_changed_when_saved = False
         self.register_load_state_dict_post_hook(_NormBounded._loaded)
 
@@ -90,8 +91,8 @@ class _NormBounded(nn.Module):
         return (1, *x.shape[1:])
 
     # -- power iteration
-    def _weights_version(self) -> Tuple[int, ...]:
-        return tuple(p._version for p in parameters_of(self.layer))
+    def _weights_now(self) -> List[torch.Tensor]:
+        return [p.detach().clone() for p in parameters_of(self.layer)]
 
     @torch.no_grad()
     def _iterate(self, weight: torch.Tensor, n: int, tolerance: float = 0.0) -> int:
@@ -100,7 +101,7 @@ class _NormBounded(nn.Module):
         \lVert\mathcal{W} v\rVert \le \sigma` are both lower bounds on the norm, the second at least the
         first (Cauchy-Schwarz), and equal at convergence; stop when they differ by at most ``tolerance``
         times the larger."""
-        self._iterated_version = self._weights_version()
+        self._iterated_weights = self._weights_now()
         for iteration in range(1, n + 1):
             v = self._transpose(weight, self.u)
             v_norm = v.norm().clamp_min(1e-12)
@@ -164,7 +165,14 @@ class _NormBounded(nn.Module):
     @property
     def weights_changed(self) -> bool:
         """True when the weights changed since the last power iteration: the next call iterates first."""
-        return bool(self.v.numel()) and self._weights_version() != self._iterated_version
+        if not self.v.numel():
+            return False
+        if self._iterated_weights is None:
+            return True
+        current = parameters_of(self.layer)
+        return len(current) != len(self._iterated_weights) or not all(
+            a.shape == b.shape and a.dtype == b.dtype and a.device == b.device and torch.equal(a, b)
+            for a, b in zip(self._iterated_weights, current))
 
     def get_extra_state(self) -> dict:
         return {"weights_changed": self.weights_changed}
@@ -175,7 +183,7 @@ class _NormBounded(nn.Module):
     def _loaded(self, *_) -> None:
         # loaded u and v belong to the weights of their last iteration: iterate at the next call
         # exactly when the saved module would have
-        self._iterated_version = () if self._weights_changed_when_saved else self._weights_version()
+        self._iterated_weights = None if self._weights_changed_when_saved else self._weights_now()
 
 
 class LipschitzConv(_NormBounded):
