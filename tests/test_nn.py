@@ -281,6 +281,13 @@ def test_expanded_filter_is_kept_in_evaluation_and_follows_every_weight_change()
         conv.load_state_dict(other.state_dict())                      # new weights copied in place
         assert torch.equal(conv.weight_and_bias()[0], other.expand()[0])
         assert torch.allclose(conv(x), torch.nn.functional.conv2d(x, *other.expand(), padding=1))
+        from gflows.train.loop import adamw
+        optimiser = adamw(conv.parameters(), lr=0.1)                   # fused: leaves _version alone
+        conv.layer.weights.grad = torch.ones_like(conv.layer.weights)
+        kept = conv.weight_and_bias()[0]
+        optimiser.step()
+        assert not torch.equal(conv.weight_and_bias()[0], kept)
+        assert torch.equal(conv.weight_and_bias()[0], conv.expand()[0])
     conv.double()                                                      # replaced tensors
     with torch.no_grad():
         assert conv.weight_and_bias()[0].dtype == torch.float64

@@ -38,6 +38,7 @@ from torch import nn
 
 from .._escnn import enn
 from .exact import expanded_weight
+from .parameters import copies, parameters_of, same_values
 
 
 def _shared_basis(layer) -> torch.Tensor:
@@ -73,14 +74,16 @@ class _Expanded(nn.Module):
     def weight_and_bias(self) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """:meth:`expand`, computed afresh in training mode or where autograd records; in evaluation
         mode without gradients (evaluation, sampling, inversion) kept and reused until a parameter or
-        buffer changes (in place, e.g. ``load_state_dict`` or an EMA update, or replaced, e.g. ``.to``)."""
+        buffer changes (in place, e.g. ``load_state_dict``, an EMA update or a fused optimiser step, which
+        leaves the version counters alone, so parameters are compared by value; or replaced, e.g. ``.to``)."""
         if self.training or torch.is_grad_enabled():
             self._kept = None
             return self.expand()
-        state = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in (*self.parameters(), *self.buffers()))
-        if self._kept is None or self._kept[0] != state:
-            self._kept = (state, self.expand())
-        return self._kept[1]
+        parameters = parameters_of(self)
+        buffers = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in self.buffers())
+        if self._kept is None or self._kept[1] != buffers or not same_values(self._kept[0], parameters):
+            self._kept = (copies(parameters), buffers, self.expand())
+        return self._kept[2]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.apply_weight(x, *self.weight_and_bias())

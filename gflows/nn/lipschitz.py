@@ -49,7 +49,7 @@ from torch import nn
 
 from .._escnn import enn
 from .exact import expanded_weight
-from .parameters import parameters_of
+from .parameters import copies, parameters_of, same_values
 
 
 class _NormBounded(nn.Module):
@@ -91,9 +91,6 @@ class _NormBounded(nn.Module):
         return (1, *x.shape[1:])
 
     # -- power iteration
-    def _weights_now(self) -> List[torch.Tensor]:
-        return [p.detach().clone() for p in parameters_of(self.layer)]
-
     @torch.no_grad()
     def _iterate(self, weight: torch.Tensor, n: int, tolerance: float = 0.0) -> int:
         r"""Run at most ``n`` iterations and return how many ran. With ``tolerance > 0``, stop after an
@@ -101,7 +98,7 @@ class _NormBounded(nn.Module):
         \lVert\mathcal{W} v\rVert \le \sigma` are both lower bounds on the norm, the second at least the
         first (Cauchy-Schwarz), and equal at convergence; stop when they differ by at most ``tolerance``
         times the larger."""
-        self._iterated_weights = self._weights_now()
+        self._iterated_weights = copies(parameters_of(self.layer))
         for iteration in range(1, n + 1):
             v = self._transpose(weight, self.u)
             v_norm = v.norm().clamp_min(1e-12)
@@ -165,14 +162,7 @@ class _NormBounded(nn.Module):
     @property
     def weights_changed(self) -> bool:
         """True when the weights changed since the last power iteration: the next call iterates first."""
-        if not self.v.numel():
-            return False
-        if self._iterated_weights is None:
-            return True
-        current = parameters_of(self.layer)
-        return len(current) != len(self._iterated_weights) or not all(
-            a.shape == b.shape and a.dtype == b.dtype and a.device == b.device and torch.equal(a, b)
-            for a, b in zip(self._iterated_weights, current))
+        return bool(self.v.numel()) and not same_values(self._iterated_weights, parameters_of(self.layer))
 
     def get_extra_state(self) -> dict:
         return {"weights_changed": self.weights_changed}
@@ -183,7 +173,7 @@ class _NormBounded(nn.Module):
     def _loaded(self, *_) -> None:
         # loaded u and v belong to the weights of their last iteration: iterate at the next call
         # exactly when the saved module would have
-        self._iterated_weights = None if self._weights_changed_when_saved else self._weights_now()
+        self._iterated_weights = None if self._weights_changed_when_saved else copies(parameters_of(self.layer))
 
 
 class LipschitzConv(_NormBounded):
